@@ -1,0 +1,151 @@
+"""The `eain` command. Every user error ends in one line on stderr and exit status 2."""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import hashlib
+import json
+import sys
+from pathlib import Path
+
+from eain_dist.config import Config, ConfigError, load_config
+from eain_dist.data.errors import InputError
+
+EXIT_USER_ERROR = 2
+DEFAULT_CACHE = Path(".cache/eain")
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = _parser()
+    args = parser.parse_args(argv)
+    try:
+        return args.handler(args) or 0
+    except KeyboardInterrupt:
+        print("eain: interrupted", file=sys.stderr)
+        return 130
+    except Exception as exc:  # user errors may arrive wrapped by Ray: find the cause
+        user_error = _user_error(exc)
+        if user_error is None:
+            raise
+        print(f"eain {args.command}: {user_error}", file=sys.stderr)
+        return EXIT_USER_ERROR
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="eain", description="EAIN on Amazon reviews, on Ray.")
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    generate = commands.add_parser("generate", help="write synthetic 2023-format reviews + metadata")
+    generate.add_argument("--out", required=True)
+    generate.add_argument("--users", type=int, default=None)
+    generate.add_argument("--items", type=int, default=None)
+    generate.add_argument("--reviews", type=int, default=None)
+    generate.add_argument("--categories", type=int, default=None)
+    generate.add_argument("--files", type=int, default=None)
+    generate.add_argument("--seed", type=int, default=None)
+    generate.set_defaults(handler=_generate)
+
+    prepare = commands.add_parser("prepare", help="raw reviews -> prepared dataset (Ray Data)")
+    _config_arguments(prepare, required=True)
+    prepare.set_defaults(handler=_prepare)
+
+    run = commands.add_parser("run", help="the main job: generate (if needed) -> prepare")
+    _config_arguments(run, required=False)
+    run.set_defaults(handler=_run)
+    return parser
+
+
+def _config_arguments(parser: argparse.ArgumentParser, required: bool) -> None:
+    parser.add_argument("--config", required=required, help="YAML file (configs/*.yaml)")
+    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                        help="override a config key, e.g. --set data.max_history=20")
+
+
+def _user_error(exc: BaseException) -> BaseException | None:
+    seen = set()
+    while exc is not None and id(exc) not in seen:
+        seen.add(id(exc))
+        if isinstance(exc, (ConfigError, InputError)):
+            return exc
+        exc = exc.__cause__ or exc.__context__
+    return None
+
+
+def _generate(args) -> int:
+    from eain_dist.data.synthetic import generate
+
+    defaults = Config().generate
+    params = {name: getattr(args, name) if getattr(args, name) is not None else getattr(defaults, name)
+              for name in ("users", "items", "reviews", "categories", "files", "seed")}
+    summary = generate(args.out, **params)
+    print(json.dumps(summary, indent=2, default=str))
+    return 0
+
+
+def _prepare(args) -> int:
+    config = load_config(args.config, args.set)
+    _prepare_and_report(config)
+    return 0
+
+
+def _prepare_and_report(config: Config):
+    from eain_dist.data.pipeline import prepare
+    from eain_dist.runtime import init_ray
+
+    if not config.data.source:
+        raise ConfigError("data.source is empty: give the raw review files (path, glob, directory or s3:// URL)")
+    init_ray(config.ray)
+    result = prepare(config)
+    _print_summary(result)
+    return result
+
+
+def _run(args) -> int:
+    """The main job. Without --config: a synthetic dataset in the cache, prepared locally."""
+    config = load_config(args.config, args.set)
+    if not config.data.source:
+        config = _with_synthetic_source(config)
+    _prepare_and_report(config)
+    return 0
+
+
+def _with_synthetic_source(config: Config) -> Config:
+    from eain_dist.data.synthetic import generate
+
+    params = dataclasses.asdict(config.generate)
+    key = hashlib.sha256(json.dumps(params, sort_keys=True).encode()).hexdigest()[:12]
+    folder = DEFAULT_CACHE / f"synthetic-{key}"
+    if not (folder / "DONE").exists():
+        print(f"run: generating a synthetic Amazon-2023-format dataset in {folder}")
+        generate(str(folder), **params)
+        (folder / "DONE").write_text("ok\n")
+    else:
+        print(f"run: using the synthetic dataset cached in {folder}")
+    data = dataclasses.replace(config.data, source=str(folder / "reviews"), meta=str(folder / "meta"),
+                               format="amazon2023")
+    return dataclasses.replace(config, data=data)
+
+
+def _print_summary(result) -> None:
+    meta = result.meta
+    counts = meta["counts"]
+    rows = [
+        ("records read", counts["read"]["records"]),
+        ("malformed (rejected)", counts["read"]["rejects"]),
+        ("duplicate (user, item) dropped", counts.get("dedupe", {}).get("duplicates", 0)),
+        ("users kept", counts.get("min_user_count", {}).get("users_kept", 0)),
+        ("users dropped (< min_user_count)", counts.get("min_user_count", {}).get("users_dropped", 0)),
+        ("items (vocabulary)", meta["tables"]["item"] - 1),
+        ("negatives dropped by Skive-Above", counts.get("skive_above", {}).get("negatives_dropped", 0)),
+        *((f"{name} impressions", n) for name, n in meta["splits"].items()),
+    ]
+    width = max(len(name) for name, _ in rows)
+    print(f"\nprepared dataset: {result.output}")
+    for name, value in rows:
+        print(f"  {name:<{width}}  {value:>12,}")
+    print(f"  {'seconds':<{width}}  {result.seconds:>12.1f}  ({result.reviews_per_s:,.0f} reviews/s)")
+
+
+if __name__ == "__main__":
+    sys.exit(main())

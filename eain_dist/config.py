@@ -1,0 +1,213 @@
+"""Typed configuration: keyword-only dataclasses, YAML files and `--set a.b=c` overrides.
+
+The dataclass defaults *are* the embedded default (`configs/default.yaml` spells them out).
+Unknown keys anywhere are an error, so a typo never silently falls back to a default.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from eain_dist.model.config import ModelConfig
+
+
+class ConfigError(ValueError):
+    """A user error in a config file or override; the message is one line."""
+
+
+@dataclass(kw_only=True)
+class S3Config:
+    # Any S3-compatible store (MinIO, moto, Ceph); None = AWS. Credentials never live here:
+    # they come from the standard AWS chain (env vars, ~/.aws, instance profile).
+    endpoint_url: str | None = None
+    region: str | None = None
+    anonymous: bool = False
+
+
+@dataclass(kw_only=True)
+class DataConfig:
+    source: str | list[str] = ""  # path, glob, directory or URL; a list is allowed
+    format: str = "auto"  # auto, amazon2014, amazon2018, amazon2023, ratings_csv, interactions_tsv
+    meta: str | list[str] | None = None  # item metadata, optional
+    output: str = ".cache/eain/prepared/default"
+    max_history: int = 50
+    min_user_count: int = 3  # leave-last-out needs at least 3 interactions (DESIGN.md)
+    min_item_count: int = 1
+    k_core: bool = False  # repeat the min-count filters until both hold at once
+    vocab: str = "exact"  # exact (frequency-ordered, saved) or hashed (fixed buckets)
+    user_buckets: int = 1 << 22  # hashed mode only
+    item_buckets: int = 1 << 22
+    category_buckets: int = 1 << 12
+    max_reject_fraction: float = 0.01  # fail the run when more of the input is malformed
+    reject_samples: int = 20  # malformed records kept per (file, reason) under rejects/
+    rows_per_partition: int = 1_000_000  # user partitions are sized to fit one worker's memory
+    num_partitions: int = 0  # 0 = derived from the input size
+    rows_per_file: int = 500_000
+    s3: S3Config = field(default_factory=S3Config)
+
+
+@dataclass(kw_only=True)
+class SamplingConfig:
+    negatives: int = 1  # sampled negatives per positive
+    strategy: str = "uniform"  # uniform or popularity
+    popularity_power: float = 0.75  # popularity strategy: p(item) ~ count ** power (word2vec)
+    skive_above: bool = True  # training split: drop negatives placed after a request's last positive
+    session_gap_s: int = 3600  # a user's interactions closer than this share a request
+    seed: int = 42
+
+
+@dataclass(kw_only=True)
+class GenerateConfig:
+    users: int = 4_000
+    items: int = 2_000
+    reviews: int = 60_000
+    categories: int = 24
+    seed: int = 7
+    files: int = 2
+
+
+@dataclass(kw_only=True)
+class RayConfig:
+    address: str | None = None  # None or "local" = single-node; else a cluster ("auto", ray://...)
+    num_cpus: int | None = None  # local mode only
+
+
+@dataclass(kw_only=True)
+class Config:
+    data: DataConfig = field(default_factory=DataConfig)
+    sampling: SamplingConfig = field(default_factory=SamplingConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    generate: GenerateConfig = field(default_factory=GenerateConfig)
+    ray: RayConfig = field(default_factory=RayConfig)
+
+
+FORMATS = ("auto", "amazon2014", "amazon2018", "amazon2023", "ratings_csv", "interactions_tsv")
+
+
+def load_config(path: str | os.PathLike | None = None, overrides: list[str] | None = None) -> Config:
+    """Defaults, then the YAML file, then `key.path=value` overrides; validated."""
+    tree: dict[str, Any] = {}
+    if path is not None:
+        tree = _read_yaml(Path(path))
+    for item in overrides or []:
+        _apply_override(tree, item)
+    config = _build(Config, tree, prefix="")
+    validate(config)
+    return config
+
+
+def to_dict(config: Any) -> dict[str, Any]:
+    return dataclasses.asdict(config)
+
+
+def dump_yaml(config: Config) -> str:
+    return yaml.safe_dump(to_dict(config), sort_keys=False)
+
+
+def validate(config: Config) -> None:
+    data, sampling = config.data, config.sampling
+    _require(data.format in FORMATS, f"data.format must be one of {', '.join(FORMATS)}, got {data.format!r}")
+    _require(data.vocab in ("exact", "hashed"), f"data.vocab must be exact or hashed, got {data.vocab!r}")
+    _require(data.max_history >= 1, "data.max_history must be >= 1")
+    _require(data.min_user_count >= 3, "data.min_user_count must be >= 3 (leave-last-out split)")
+    _require(0.0 <= data.max_reject_fraction <= 1.0, "data.max_reject_fraction must be in [0, 1]")
+    _require(sampling.negatives >= 0, "sampling.negatives must be >= 0")
+    _require(sampling.strategy in ("uniform", "popularity"),
+             f"sampling.strategy must be uniform or popularity, got {sampling.strategy!r}")
+
+
+def _require(condition: bool, message: str) -> None:
+    if not condition:
+        raise ConfigError(message)
+
+
+def _read_yaml(path: Path) -> dict[str, Any]:
+    if not path.is_file():
+        raise ConfigError(f"config file not found: {path}")
+    try:
+        tree = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f" line {mark.line + 1}" if mark else ""
+        raise ConfigError(f"{path}{where}: not valid YAML ({getattr(exc, 'problem', exc)})") from None
+    if not isinstance(tree, dict):
+        raise ConfigError(f"{path}: the top level must be a mapping of sections")
+    return tree
+
+
+def _apply_override(tree: dict[str, Any], item: str) -> None:
+    key, sep, raw = item.partition("=")
+    if not sep or not key:
+        raise ConfigError(f"--set expects key.path=value, got {item!r}")
+    node = tree
+    *parents, leaf = key.strip().split(".")
+    for part in parents:
+        node = node.setdefault(part, {})
+        if not isinstance(node, dict):
+            raise ConfigError(f"--set {key}: {part} is not a section")
+    node[leaf] = yaml.safe_load(raw) if raw != "" else ""
+
+
+def _build(cls: type, tree: Any, prefix: str) -> Any:
+    if not isinstance(tree, dict):
+        raise ConfigError(f"{prefix.rstrip('.') or 'config'} must be a mapping, got {tree!r}")
+    hints = typing.get_type_hints(cls)
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    unknown = sorted(set(tree) - set(fields))
+    if unknown:
+        raise ConfigError(f"unknown config key {prefix}{unknown[0]} (known: {', '.join(sorted(fields))})")
+    kwargs = {}
+    for name, value in tree.items():
+        kwargs[name] = _coerce(hints[name], value, f"{prefix}{name}")
+    return cls(**kwargs)
+
+
+def _coerce(hint: Any, value: Any, key: str) -> Any:
+    if dataclasses.is_dataclass(hint):
+        return _build(hint, value, prefix=f"{key}.")
+    options = typing.get_args(hint) if typing.get_origin(hint) in (typing.Union, _UnionType) else (hint,)
+    if value is None and type(None) in options:
+        return None
+    for option in options:
+        coerced = _coerce_scalar(option, value)
+        if coerced is not _NO_MATCH:
+            return coerced
+    raise ConfigError(f"{key}: expected {_describe(hint)}, got {value!r}")
+
+
+_NO_MATCH = object()
+_UnionType = type(int | None)
+
+
+def _coerce_scalar(option: Any, value: Any) -> Any:
+    origin = typing.get_origin(option)
+    if origin in (list, tuple):
+        if not isinstance(value, (list, tuple)):
+            return _NO_MATCH
+        (inner, *_) = typing.get_args(option) or (Any,)
+        items = [_coerce_scalar(inner, v) for v in value]
+        return _NO_MATCH if any(i is _NO_MATCH for i in items) else origin(items)
+    if option is Any:
+        return value
+    if option is bool:
+        return value if isinstance(value, bool) else _NO_MATCH
+    if option is int:
+        return value if isinstance(value, int) and not isinstance(value, bool) else _NO_MATCH
+    if option is float:
+        return float(value) if isinstance(value, (int, float)) and not isinstance(value, bool) else _NO_MATCH
+    if option is str:
+        return value if isinstance(value, str) else _NO_MATCH
+    if option is type(None):
+        return _NO_MATCH
+    return _NO_MATCH
+
+
+def _describe(hint: Any) -> str:
+    return getattr(hint, "__name__", None) or str(hint).replace("typing.", "")

@@ -1,0 +1,78 @@
+"""Model hyper-parameters. Pure dataclasses: importing this never imports torch."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+MODEL_NAMES = ("lr", "mf", "dnn", "din", "eain")
+POSITIONAL_ENCODINGS = ("sinusoidal", "learned")
+MASK_BLOCK_MODES = ("serial", "parallel")
+
+
+@dataclass(kw_only=True)
+class ModelConfig:
+    """One flat section so that every knob is a `--set model.<key>=<value>` away.
+
+    Defaults follow DIN (attention and tower sizes), MaskNet and FiBiNET as published for
+    Amazon-like CTR data. The `use_*` switches are EAIN's ablations; each one off removes its
+    block (parameters and computation) from the model. DNN and DIN read only the shared keys
+    (`embedding_dim`, `mlp_hidden`, `attention_hidden`, `dropout`, `mlp_batch_norm`, `l2`).
+    """
+
+    name: str = "eain"  # eain, din, dnn, mf, lr
+    embedding_dim: int = 16
+
+    # Towers (DIN: attention unit 80-40, prediction MLP 200-80).
+    attention_hidden: list[int] = field(default_factory=lambda: [80, 40])
+    mlp_hidden: list[int] = field(default_factory=lambda: [200, 80])
+    dropout: float = 0.1
+    mlp_batch_norm: bool = False
+    # λ of the loss: squared L2 of dense weight matrices plus the embedding rows a batch touched.
+    l2: float = 1e-5
+
+    # EAIN blocks (ablation switches).
+    use_din_attention: bool = True  # off: masked mean pooling of the history
+    use_mask_block: bool = True
+    use_senet: bool = True
+    use_paim: bool = True
+    use_second_order: bool = True
+
+    # MaskBlock (MaskNet): aggregation layer = ratio x projection layer width.
+    mask_block_count: int = 2
+    mask_reduction_ratio: float = 2.0
+    mask_block_hidden: int = 128
+    mask_block_mode: str = "serial"  # serial (SerMaskNet) or parallel (ParaMaskNet)
+
+    # SE-Net (FiBiNET): excitation width = fields / ratio.
+    senet_reduction_ratio: float = 2.0
+
+    # PAIM: positional encoding of history positions + feature-cross layers.
+    positional_encoding: str = "sinusoidal"  # sinusoidal or learned
+    cross_layers: int = 2
+
+
+def validate_model_config(cfg: ModelConfig) -> None:
+    """Raise ValueError with a one-line message on the first bad value."""
+    _check(cfg.name in MODEL_NAMES, f"model.name must be one of {', '.join(MODEL_NAMES)}, got {cfg.name!r}")
+    _check(cfg.embedding_dim >= 1, f"model.embedding_dim must be >= 1, got {cfg.embedding_dim}")
+    _check(len(cfg.attention_hidden) > 0 and all(width >= 1 for width in cfg.attention_hidden),
+           f"model.attention_hidden needs at least one width, each >= 1, got {cfg.attention_hidden}")
+    _check(all(width >= 1 for width in cfg.mlp_hidden), f"model.mlp_hidden widths must be >= 1, got {cfg.mlp_hidden}")
+    _check(0.0 <= cfg.dropout < 1.0, f"model.dropout must be in [0, 1), got {cfg.dropout}")
+    _check(cfg.l2 >= 0.0, f"model.l2 must be >= 0, got {cfg.l2}")
+    _check(cfg.mask_block_count >= 1, f"model.mask_block_count must be >= 1, got {cfg.mask_block_count}")
+    _check(cfg.mask_reduction_ratio > 0.0, f"model.mask_reduction_ratio must be > 0, got {cfg.mask_reduction_ratio}")
+    _check(cfg.mask_block_hidden >= 1, f"model.mask_block_hidden must be >= 1, got {cfg.mask_block_hidden}")
+    _check(cfg.mask_block_mode in MASK_BLOCK_MODES,
+           f"model.mask_block_mode must be one of {', '.join(MASK_BLOCK_MODES)}, got {cfg.mask_block_mode!r}")
+    _check(cfg.senet_reduction_ratio > 0.0,
+           f"model.senet_reduction_ratio must be > 0, got {cfg.senet_reduction_ratio}")
+    _check(cfg.positional_encoding in POSITIONAL_ENCODINGS,
+           f"model.positional_encoding must be one of {', '.join(POSITIONAL_ENCODINGS)}, "
+           f"got {cfg.positional_encoding!r}")
+    _check(cfg.cross_layers >= 0, f"model.cross_layers must be >= 0, got {cfg.cross_layers}")
+
+
+def _check(condition: bool, message: str) -> None:
+    if not condition:
+        raise ValueError(message)

@@ -1,0 +1,206 @@
+"""`eain prepare` checked against an independent plain-Python computation of DESIGN.md's rules."""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import math
+import random
+from collections import defaultdict
+from pathlib import Path
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+from eain_dist.config import load_config
+from eain_dist.data.pipeline import prepare
+
+MAX_HISTORY = 5
+NEGATIVES = 2
+SESSION_GAP = 2 * 86400
+
+
+def write_interactions(path: Path, seed: int = 3) -> list[tuple[str, str, int]]:
+    """~3,000 reviews with same-second ties, repeated (user, item) pairs and short users."""
+    rng = random.Random(seed)
+    rows = []
+    for u in range(300):
+        n = rng.choice([1, 2, 3, 4, 8, 12, 20, 30])
+        day0 = rng.randrange(16_000, 19_000)
+        for _ in range(n):
+            ts = (day0 + rng.randrange(0, 60)) * 86400 + rng.choice([0, 3600, 7200, 50_000])
+            rows.append((f"user{u}", f"item{rng.randrange(0, 80 if u % 2 else 400)}", ts))
+        if n >= 4:  # a repeated review of an item, later than the first: must be dropped
+            user, item, ts = rows[-1]
+            rows.append((user, item, ts + 86400 * 90))
+    rng.shuffle(rows)
+    with open(path, "w") as handle:
+        handle.write("user_id\titem_id\ttime\n")
+        for user, item, ts in rows:
+            handle.write(f"{user}\t{item}\t{ts}\n")
+    return rows
+
+
+def expected_sequences(rows, item_index=None):
+    """Per user: (timestamp, item) of the earliest review of each item, time-ordered.
+
+    Reviews of the same second are ordered by item index (the pipeline's documented tie-break).
+    """
+    first = {}
+    for user, item, ts in rows:
+        key = (user, item)
+        first[key] = min(first.get(key, ts), ts)
+    by_user = defaultdict(list)
+    for (user, item), ts in first.items():
+        by_user[user].append((ts, item))
+    tie_break = (lambda pair: (pair[0], item_index[pair[1]])) if item_index else None
+    return {u: sorted(v, key=tie_break) for u, v in by_user.items() if len(v) >= 3}
+
+
+def item_indices(vocabs):
+    return {v["raw"]: i for i, v in vocabs["item"].items()}
+
+
+@pytest.fixture(scope="module")
+def prepared(tmp_path_factory, ray_local):
+    folder = tmp_path_factory.mktemp("pipeline")
+    rows = write_interactions(folder / "interactions.tsv")
+    config = load_config(overrides=[
+        f"data.source={folder / 'interactions.tsv'}", "data.format=interactions_tsv",
+        f"data.output={folder / 'prepared'}", f"data.max_history={MAX_HISTORY}", "data.num_partitions=3",
+        f"sampling.negatives={NEGATIVES}", f"sampling.session_gap_s={SESSION_GAP}",
+    ])
+    result = prepare(config, log=lambda message: None)
+    out = folder / "prepared"
+    splits = {name: pq.read_table(out / name).to_pylist() for name in ("train", "valid", "test")}
+    vocabs = {name: {r["index"]: r for r in pq.read_table(out / "vocab" / f"{name}.parquet").to_pylist()}
+              for name in ("user", "item")}
+    return rows, result, splits, vocabs, out
+
+
+def decode(vocab, index):
+    return vocab[index]["raw"] if index else None
+
+
+def test_histories_are_exactly_the_users_strictly_earlier_items(prepared):
+    rows, _, splits, vocabs, _ = prepared
+    sequences = expected_sequences(rows, item_indices(vocabs))
+    checked = 0
+    for split in splits.values():
+        for r in split:
+            user = decode(vocabs["user"], r["user"])
+            earlier = [item for ts, item in sequences[user] if ts < r["timestamp"]][-MAX_HISTORY:]
+            history = [decode(vocabs["item"], i) for i in r["hist_item"] if i]
+            assert history == earlier
+            assert r["hist_item"][: MAX_HISTORY - len(earlier)] == [0] * (MAX_HISTORY - len(earlier))
+            assert r["hist_len"] == len(earlier)
+            checked += 1
+    assert checked > 3000
+
+
+def test_leave_last_out_split(prepared):
+    rows, _, splits, vocabs, _ = prepared
+    sequences = expected_sequences(rows, item_indices(vocabs))
+    for name, position_from_end in (("test", 1), ("valid", 2)):
+        positives = {decode(vocabs["user"], r["user"]): r for r in splits[name] if r["label"] == 1}
+        assert set(positives) == set(sequences)
+        for user, r in positives.items():
+            ts, item = sequences[user][-position_from_end]
+            assert (r["timestamp"], decode(vocabs["item"], r["item"])) == (ts, item)
+    train_positives = sum(1 for r in splits["train"] if r["label"] == 1)
+    expected = sum(1 for seq in sequences.values() for ts, _ in seq[:-2] if ts > seq[0][0])
+    assert train_positives == expected  # earlier reviews with a non-empty history
+
+
+def test_negatives_are_never_the_users_items(prepared):
+    rows, _, splits, vocabs, _ = prepared
+    sequences = expected_sequences(rows)
+    negatives = [r for split in splits.values() for r in split if r["label"] == 0]
+    assert negatives
+    for r in negatives:
+        user = decode(vocabs["user"], r["user"])
+        assert decode(vocabs["item"], r["item"]) not in {item for _, item in sequences[user]}
+
+
+def test_negatives_share_their_positives_context(prepared):
+    _, _, splits, _, _ = prepared
+    for split in splits.values():
+        by_request = defaultdict(list)
+        for r in split:
+            by_request[r["request_id"]].append(r)
+        for impressions in by_request.values():
+            contexts = {(r["user"], r["timestamp"], tuple(r["hist_item"]), r["hour"], r["gap"])
+                        for r in impressions}
+            positives = {(r["user"], r["timestamp"], tuple(r["hist_item"]), r["hour"], r["gap"])
+                         for r in impressions if r["label"] == 1}
+            assert contexts == positives
+
+
+def test_skive_above_keeps_exactly_the_impressions_up_to_the_last_positive(prepared):
+    _, result, splits, _, _ = prepared
+    by_request = defaultdict(list)
+    for r in splits["train"]:
+        by_request[r["request_id"]].append(r)
+    multi = 0
+    for impressions in by_request.values():
+        positions = sorted(r["position"] for r in impressions)
+        last_positive = max(r["position"] for r in impressions if r["label"] == 1)
+        assert positions == list(range(last_positive + 1))
+        multi += sum(r["label"] for r in impressions) > 1
+    assert multi > 0  # sessions put several positives in one request
+    # Valid / test keep every negative; training lost exactly the ones Skive-Above reported.
+    counts = result.meta["counts"]
+    kept = sum(1 for split in splits.values() for r in split if r["label"] == 0)
+    assert kept == counts["negatives"]["drawn"] - counts["skive_above"]["negatives_dropped"]
+    for name in ("valid", "test"):
+        assert sum(1 for r in splits[name] if r["label"] == 0) == NEGATIVES * len(
+            [r for r in splits[name] if r["label"] == 1])
+
+
+def test_context_features_match_the_calendar(prepared):
+    rows, _, splits, vocabs, _ = prepared
+    sequences = expected_sequences(rows)
+    for r in splits["train"][:500] + splits["test"]:
+        moment = dt.datetime.fromtimestamp(r["timestamp"], dt.timezone.utc)
+        assert (r["hour"], r["weekday"]) == (moment.hour, moment.weekday())
+        user = decode(vocabs["user"], r["user"])
+        earlier = [ts for ts, _ in sequences[user] if ts < r["timestamp"]]
+        expected_gap = 0 if not earlier else min(31, 1 + int(math.floor(math.log2(1 + r["timestamp"] - earlier[-1]))))
+        assert r["gap"] == expected_gap
+
+
+def test_vocabularies_are_frequency_ordered_and_complete(prepared):
+    rows, _, _, vocabs, _ = prepared
+    sequences = expected_sequences(rows)
+    assert {v["raw"] for v in vocabs["user"].values()} == set(sequences)
+    assert sorted(vocabs["user"]) == list(range(1, len(sequences) + 1))
+    item_counts = defaultdict(int)
+    for user, item, ts in {(u, i, None) for u, i, _ in rows}:
+        item_counts[item] += 1  # distinct users per item, before the user filter
+    counts = [vocabs["item"][i]["count"] for i in sorted(vocabs["item"])]
+    assert counts == sorted(counts, reverse=True)
+    assert {v["raw"]: v["count"] for v in vocabs["item"].values()} == dict(item_counts)
+
+
+def test_meta_accounts_for_every_row(prepared):
+    rows, result, splits, _, out = prepared
+    meta = json.loads((out / "meta.json").read_text())
+    counts = meta["counts"]
+    assert counts["read"]["records"] == len(rows) and counts["read"]["rejects"] == 0
+    deduped = len({(u, i) for u, i, _ in rows})
+    assert counts["dedupe"]["duplicates"] == len(rows) - deduped
+    assert counts["min_user_count"]["rows_dropped"] + sum(len(s) for s in expected_sequences(rows).values()) == deduped
+    assert meta["splits"] == {name: len(split) for name, split in splits.items()}
+    assert meta["tables"]["user"] == len(expected_sequences(rows)) + 1
+    assert meta["max_history"] == MAX_HISTORY
+
+
+def test_schema_matches_design(prepared):
+    _, _, _, _, out = prepared
+    schema = pq.read_schema(next((out / "train").glob("*.parquet")))
+    assert schema.names == ["label", "user", "item", "category", "hour", "weekday", "gap", "hist_item",
+                            "hist_category", "hist_len", "request_id", "position", "timestamp"]
+    assert str(schema.field("label").type) == "float" and str(schema.field("hist_len").type) == "int32"
+    for column in ("hist_item", "hist_category"):
+        assert pa.types.is_list(schema.field(column).type) and schema.field(column).type.value_type == pa.int64()
