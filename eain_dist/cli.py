@@ -47,7 +47,7 @@ def _parser() -> argparse.ArgumentParser:
     generate.set_defaults(handler=_generate)
 
     prepare = commands.add_parser("prepare", help="raw reviews -> prepared dataset (Ray Data)")
-    _config_arguments(prepare, required=True)
+    _config_arguments(prepare, required=False)
     prepare.set_defaults(handler=_prepare)
 
     run = commands.add_parser("run", help="the main job: generate (if needed) -> prepare")

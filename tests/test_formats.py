@@ -6,6 +6,7 @@ import csv
 import gzip
 import json
 import pickle
+import random
 import re
 import zlib
 from pathlib import Path
@@ -31,7 +32,8 @@ def sample(relative: str) -> str:
     return str(path)
 
 
-def read_all(path: str, fmt: str, *, meta: bool = False, chunk_bytes: int = 64 << 20) -> tuple[pa.Table, RejectLog]:
+def read_all(path: str, fmt: str, *, meta: bool = False,
+             chunk_bytes: int = 64 << 20) -> tuple[pa.Table, RejectLog]:
     log = RejectLog()
     reader = read_item_meta if meta else read_interactions
     tables = list(reader(path, fmt, FS, log, chunk_bytes=chunk_bytes))
@@ -232,7 +234,8 @@ def test_generated_meta_round_trip(tmp_path, fmt):
 
 def test_2014_meta_category_is_dins_last_entry_of_last_path(tmp_path):
     path = tmp_path / "meta.json"
-    path.write_text(repr({"asin": "A1", "categories": [["Electronics", "Audio"], ["Electronics", "Cables", "HDMI"]]})
+    paths = [["Electronics", "Audio"], ["Electronics", "Cables", "HDMI"]]
+    path.write_text(repr({"asin": "A1", "categories": paths})
                     + "\n" + repr({"asin": "A2", "categories": [[]], "price": 3}) + "\n")
     table, _ = read_all(str(path), "amazon2014", meta=True)
     assert table.to_pylist() == [{"item": "A1", "category": "HDMI", "store": None, "price": None},
@@ -327,6 +330,61 @@ def test_delimited_bad_rows(tmp_path):
         assert log.total_records() == 7
 
 
+@pytest.mark.parametrize("chunk_bytes", [64 << 20, 5, 1])
+def test_blank_lines_and_crlf_before_a_header(tmp_path, chunk_bytes):
+    path = tmp_path / "r.tsv"
+    path.write_bytes(b"\r\n\r\nuser_id\titem_id\ttime\r\n1\t2\t1400000000\r\n\r\n3\t4\tsoon\r\n5\t6\t1400000001")
+    table, log = read_all(str(path), "interactions_tsv", chunk_bytes=chunk_bytes)
+    assert triples(table) == [("1", "2", 1400000000), ("5", "6", 1400000001)]
+    assert rejected_lines(log) == {6: "bad_timestamp"} and log.total_records() == 3
+
+
+@pytest.mark.parametrize("chunk_bytes", [64 << 20, 1])
+def test_an_unterminated_quote_does_not_swallow_the_lines_after_it(tmp_path, chunk_bytes):
+    path = tmp_path / "r.csv"
+    path.write_text('u0,i0,5,1400000000\n"u1,i1,5,1400000001\nu2,i2,5,1400000002\n"u3,x",i3,5,1400000003\n')
+    table, log = read_all(str(path), "ratings_csv", chunk_bytes=chunk_bytes)
+    assert triples(table) == [("u0", "i0", 1400000000), ("u2", "i2", 1400000002), ("u3,x", "i3", 1400000003)]
+    assert rejected_lines(log) == {2: "bad_row"} and log.total_records() == 4
+
+
+@pytest.mark.parametrize("chunk_bytes", [64 << 20, 1])
+def test_two_records_on_one_line_are_two_records(tmp_path, chunk_bytes):
+    one = json.dumps(review(user="U1"))
+    path = tmp_path / "r.jsonl"
+    path.write_text(f"{one} {one}\n{json.dumps(review(user='U2'))}\n")
+    table, log = read_all(str(path), "amazon2023", chunk_bytes=chunk_bytes)
+    assert table["user"].to_pylist() == ["U1", "U1", "U2"] and log.total_records() == 3
+
+
+@pytest.mark.parametrize("chunk_bytes", [64 << 20, 1])
+def test_a_record_spread_over_lines_is_two_malformed_lines(tmp_path, chunk_bytes):
+    spread = json.dumps(review(user="U1")).replace(", ", ",\n", 1)
+    path = tmp_path / "r.jsonl"
+    path.write_text(f"{spread}\n{json.dumps(review(user='U2'))}\n")
+    table, log = read_all(str(path), "amazon2023", chunk_bytes=chunk_bytes)
+    assert table["user"].to_pylist() == ["U2"]
+    assert rejected_lines(log) == {1: "malformed_json", 2: "malformed_json"}
+
+
+def test_results_do_not_depend_on_chunk_size(tmp_path):
+    """Random damage: the fast path (whole chunks) and the slow one (line by line) agree."""
+    rng = random.Random(11)
+    damage = [lambda s: s[: rng.randrange(len(s))], lambda s: "", lambda s: "  ", lambda s: s + " " + s,
+              lambda s: s.replace('"timestamp": 1', '"timestamp": -1'), lambda s: s.replace("parent_asin", "p"),
+              lambda s: s.replace('"U', '"'), lambda s: s.replace('"timestamp": ', '"timestamp": "'),
+              lambda s: s + " x"]
+    for _ in range(5):
+        lines = [json.dumps(review(user=f"U{i}", ms=1_600_000_000_000 + i)) for i in range(200)]
+        path = tmp_path / "r.jsonl"
+        path.write_text("\n".join(rng.choice(damage)(line) if rng.random() < 0.15 else line for line in lines))
+        outcomes = []
+        for chunk_bytes in (64 << 20, 1, 300, 2000):
+            table, log = read_all(str(path), "amazon2023", chunk_bytes=chunk_bytes)
+            outcomes.append((triples(table), rejected_lines(log), log.total_records()))
+        assert all(outcome == outcomes[1] for outcome in outcomes)
+
+
 def test_bad_utf8_line_is_rejected_alone(tmp_path):
     path = tmp_path / "r.jsonl"
     path.write_bytes(jsonl_2023([review(user="U1")]).encode()
@@ -376,7 +434,8 @@ def test_malformed_pretty_printed_object_is_rejected_and_reading_resumes(tmp_pat
 
 
 def test_unknown_format():
-    with pytest.raises(InputError, match=r"x\.json: unknown format 'amazon2099' \(valid: auto, amazon2014.*interactions_tsv\)"):
+    expected = r"x\.json: unknown format 'amazon2099' \(valid: auto, amazon2014.*interactions_tsv\)"
+    with pytest.raises(InputError, match=expected):
         read_interactions("x.json", "amazon2099", FS, RejectLog())
 
 

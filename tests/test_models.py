@@ -19,6 +19,7 @@ from eain_dist.model.din_attention import DinAttention
 from eain_dist.model.interactions import PairwiseProducts
 from eain_dist.model.mask_block import MaskNet
 from eain_dist.model.paim import PAIM
+from eain_dist.model.registry import MODEL_CLASSES
 from eain_dist.model.senet import SENet
 
 torch.set_num_threads(2)
@@ -130,6 +131,10 @@ def test_eain_with_every_block_off_is_a_dnn():
     dnn = build_model(ModelConfig(name="dnn", dropout=0.0), META)
     batch = random_batch(META, 8, seed=6)
     torch.testing.assert_close(bare(batch).logits, dnn(batch).logits)
+
+
+def test_every_configurable_name_has_a_model():
+    assert tuple(MODEL_CLASSES) == MODEL_NAMES
 
 
 def test_models_list_their_tables_and_reject_mismatched_embeddings():

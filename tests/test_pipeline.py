@@ -204,3 +204,69 @@ def test_schema_matches_design(prepared):
     assert str(schema.field("label").type) == "float" and str(schema.field("hist_len").type) == "int32"
     for column in ("hist_item", "hist_category"):
         assert pa.types.is_list(schema.field(column).type) and schema.field(column).type.value_type == pa.int64()
+
+
+def plain_k_core(rows, min_user: int, min_item: int):
+    pairs = {(u, i) for u, i, _ in rows}
+    while True:
+        users, items = defaultdict(int), defaultdict(int)
+        for u, i in pairs:
+            users[u] += 1
+            items[i] += 1
+        kept = {(u, i) for u, i in pairs if users[u] >= min_user and items[i] >= min_item}
+        if kept == pairs:
+            return pairs
+        pairs = kept
+
+
+@pytest.fixture(scope="module")
+def prepared_hashed(tmp_path_factory, ray_local):
+    folder = tmp_path_factory.mktemp("hashed")
+    rows = write_interactions(folder / "interactions.tsv", seed=5)
+    config = load_config(overrides=[
+        f"data.source={folder / 'interactions.tsv'}", "data.format=interactions_tsv",
+        f"data.output={folder / 'prepared'}", f"data.max_history={MAX_HISTORY}", "data.num_partitions=2",
+        "data.vocab=hashed", "data.user_buckets=1000003", "data.item_buckets=1000003",
+        "data.k_core=true", "data.min_user_count=4", "data.min_item_count=3",
+        "sampling.negatives=3", "sampling.strategy=popularity",
+    ])
+    result = prepare(config, log=lambda message: None)
+    splits = {name: pq.read_table(folder / "prepared" / name).to_pylist() for name in ("train", "valid", "test")}
+    return rows, result, splits
+
+
+def test_k_core_hashed_vocab_and_popularity_negatives(prepared_hashed):
+    from eain_dist.data.vocab import hashed_index
+
+    rows, result, splits = prepared_hashed
+    core = plain_k_core(rows, min_user=4, min_item=3)
+    user_index = dict(zip(sorted({u for u, _ in core}), hashed_index(pa.array(sorted({u for u, _ in core})), 1000003)))
+    items = sorted({i for _, i in core})
+    item_index = dict(zip(items, hashed_index(pa.array(items), 1000003)))
+    assert {r["user"] for r in splits["test"]} == set(user_index.values())
+    # Histories, in hashed ids: the user's strictly earlier k-core items.
+    first_time = {}
+    for u, i, ts in rows:
+        if (u, i) in core:
+            first_time[(u, i)] = min(first_time.get((u, i), ts), ts)
+    by_user = defaultdict(list)
+    for (u, i), ts in first_time.items():
+        by_user[user_index[u]].append((ts, item_index[i]))
+    for r in splits["train"][:400] + splits["test"]:
+        earlier = [i for ts, i in sorted(by_user[r["user"]]) if ts < r["timestamp"]][-MAX_HISTORY:]
+        assert sorted(i for i in r["hist_item"] if i) == sorted(earlier)
+        if r["label"] == 0:
+            assert r["item"] not in {i for _, i in by_user[r["user"]]}
+    # Popularity sampling: the most reviewed items are drawn as negatives far more often.
+    popularity = defaultdict(int)
+    for _, i in core:
+        popularity[item_index[i]] += 1
+    drawn = defaultdict(int)
+    for split in splits.values():
+        for r in split:
+            if r["label"] == 0:
+                drawn[r["item"]] += 1
+    ranked = sorted(popularity, key=popularity.get)
+    quarter = len(ranked) // 4
+    assert sum(drawn[i] for i in ranked[-quarter:]) > 3 * sum(drawn[i] for i in ranked[:quarter])
+    assert result.meta["counts"]["k_core"]["rounds"] >= 1

@@ -27,8 +27,10 @@ Choices a user may want to know:
   are ignored, row by row (`ratings_beauty.csv` ends every row with a stray column that is
   empty or `Delete`; it has no documented meaning, so those rows are ordinary interactions).
   Quoted values may not span lines.
-- Pretty-printed JSON (the first non-blank line is a lone `{`) is read as a stream of
-  concatenated JSON objects, and the log notes it.
+- JSON lines: blank lines are skipped; a line holding several records gives several; a
+  record spread over lines is malformed, unless the file is pretty-printed (its first
+  non-blank line is a lone `{`): that file is read as a stream of concatenated JSON objects,
+  and the log notes it.
 - The 2014 metadata files are Python literals, not JSON: each line that is not JSON is tried
   with `ast.literal_eval`.
 - A gzip stream that ends early (a cut download) keeps every complete record; the record it
@@ -296,7 +298,8 @@ class _Lines:
                     out = inflater.decompress(data)
                 except zlib.error as exc:
                     yield from _inflate_until_damage(saved, data)
-                    self.cut = ("corrupt_gzip", f"corrupt gzip data within the first {read} compressed bytes: {exc}")
+                    where = f"corrupt gzip data within the first {read} compressed bytes: {exc}"
+                    self.cut = ("corrupt_gzip", where)
                     return
                 in_member = True
                 yield out
@@ -402,7 +405,8 @@ def _detect_json(path: str, head: bytes, lines: list[bytes], *, pretty: bool) ->
         text = head.decode("utf-8", errors="replace")
         records = [obj for _, obj in _objects_in(text, 1, final=False)[0][:_SNIFF_RECORDS]]
     else:
-        records = [_try_decode(line) for line in [line for line in lines if line.strip()][:_SNIFF_RECORDS]]
+        texts = [line for line in lines if line.strip()][:_SNIFF_RECORDS]
+        records = [value for text in texts for value in _line_values(text)]
     keys = set().union(*(record for record in records if isinstance(record, dict)))
     fmt = _json_format(keys)
     if fmt is None:
@@ -429,13 +433,6 @@ def _detect_delimited(path: str, first: str) -> str:
         return "ratings_csv"
     raise InputError(f"{path}: cannot detect the format from its first line {first[:60]!r}; "
                      f"set data.format to one of {', '.join(FORMATS)}")
-
-
-def _try_decode(line: bytes) -> Any:
-    try:
-        return _decode_line(line)
-    except _Reject:
-        return None
 
 
 # ---------------------------------------------------------------------------------------------
@@ -467,19 +464,44 @@ class _Spec:
             table, bad_rows = self.fast(chunk)
         except pa.ArrowException:  # anything pyarrow cannot take is the slow path's to judge
             return self.slow(path, chunk, log)
+        rows = table.num_rows + len(bad_rows)
+        # pyarrow skips blank lines, splits a line of several JSON records, and joins lines
+        # inside a CSV quote or a JSON object: then its rows are not the chunk's lines, and
+        # only the slow path can say which line holds what. (Left alone: a JSON record spread
+        # over two lines AND a line of two records in one chunk cancel out here, and the
+        # spread record is read whole rather than rejected.)
+        if rows != chunk.newlines + (0 if chunk.complete else 1):
+            return self.slow(path, chunk, log)
         if bad_rows:
             lines = chunk.lines()
-            if len(lines) != table.num_rows + len(bad_rows):  # blank lines: rows are not lines
+            # Guard the row = line numbering against changes that cancel out in the count.
+            if any(self.line_reason(lines[row]) != reason for row, reason in bad_rows):
                 return self.slow(path, chunk, log)
             for row, reason in bad_rows:
                 log.reject(path, chunk.first_line + row, reason, lines[row])
-        log.seen(path, table.num_rows + len(bad_rows))
+        log.seen(path, rows)
         return table
 
     def slow(self, path: str, chunk: _Chunk, log: RejectLog) -> pa.Table:
-        records = [(chunk.first_line + offset, text)
-                   for offset, text in enumerate(chunk.lines()) if text.strip()]
+        records = [(chunk.first_line + offset, record)
+                   for offset, text in enumerate(chunk.lines()) if text.strip()
+                   for record in self.records_in(text)]
         return self.table_from(path, records, log)
+
+    def records_in(self, line: bytes) -> list:
+        """The raw records of one non-blank line, as `row` takes them."""
+        return [line]
+
+    def line_reason(self, line: bytes) -> str | None:
+        """Why a line is rejected (None: it is not)."""
+        records = self.records_in(line)
+        if len(records) != 1:
+            return None
+        try:
+            self.row(records[0])
+        except _Reject as bad:
+            return bad.reason
+        return None
 
     def table_from(self, path: str, records: list[tuple[int, Any]], log: RejectLog) -> pa.Table:
         """Canonical table from (line, raw record) pairs, rejecting the bad ones."""
@@ -661,8 +683,9 @@ _META_FIELDS = {
 
 
 class _JsonSpec(_Spec):
-    """JSON lines, or pretty-printed JSON read as concatenated objects. A raw record is a line
-    (bytes), a decoded object (dict), or the text of a malformed object (str)."""
+    """JSON lines, or pretty-printed JSON read as concatenated objects. A record is a JSON
+    value; a line normally holds one, but several are read as several, as pyarrow does. A raw
+    record is a decoded value, or the text (str) of one that did not decode."""
 
     arrow_schema: pa.Schema  # just the fields the canonical columns need
 
@@ -698,11 +721,13 @@ class _JsonSpec(_Spec):
         table.validate(full=True)  # pyarrow's JSON reader passes invalid UTF-8 through
         return self.checked(table)
 
+    def records_in(self, line: bytes) -> list:
+        return _line_values(line)
+
     def row(self, raw: Any) -> tuple:
-        record = _decode_line(raw) if isinstance(raw, bytes) else raw
-        if not isinstance(record, dict):
+        if not isinstance(raw, dict):
             raise _Reject("malformed_json")
-        return self.row_of(record)
+        return self.row_of(raw)
 
     def checked(self, table: pa.Table) -> tuple[pa.Table, list[tuple[int, str]]]:
         raise NotImplementedError
@@ -761,21 +786,23 @@ class _JsonMeta(_JsonSpec):
                 _price(record.get("price")))
 
 
-def _decode_line(line: bytes) -> Any:
-    """A JSON value, or a Python literal (the 2014 metadata files are written that way).
+def _line_values(line: bytes) -> list:
+    """The JSON values of a line (usually one), else a Python literal (the 2014 metadata files
+    are written that way), else the line's text, which `row` rejects as malformed_json.
 
     Bytes that are not UTF-8 become U+FFFD: harmless in a review text, a `bad_encoding`
     reject in an id (see `_id_value`), as on the fast path.
     """
     text = line.decode("utf-8", errors="replace")
     try:
-        return json.loads(text)
-    except ValueError:
-        pass
+        return [json.loads(text)]
+    except json.JSONDecodeError as error:
+        if error.msg == "Extra data":  # several values on the line
+            return [value for _, value in _objects_in(text, 1, final=True)[0]]
     try:
-        return ast.literal_eval(text.strip())
+        return [ast.literal_eval(text.strip())]
     except (ValueError, TypeError, SyntaxError, MemoryError, RecursionError):
-        raise _Reject("malformed_json") from None
+        return [text]
 
 
 def _opens_pretty_printed(data: bytes | memoryview) -> bool:
@@ -842,14 +869,11 @@ class _DelimitedSpec(_Spec):
         self.columns = 0
 
     def read(self, path: str, lines: _Lines, log: RejectLog) -> Iterator[pa.Table]:
-        chunks = iter(lines)
-        first = next(chunks, None)
-        if first is not None:
-            first = self._start(first)
-        yield from self.read_lines(path, itertools.chain([first] if first else [], chunks), lines, log)
+        yield from self.read_lines(path, self._without_header(iter(lines)), lines, log)
 
     def fast(self, chunk: _Chunk) -> tuple[pa.Table, list[tuple[int, str]]]:
-        names = [f"c{i}" for i in range(self.columns)]
+        # Too few columns for the fields we need: pyarrow refuses the rows, the slow path rejects them.
+        names = [f"c{i}" for i in range(max(self.columns, max(self.positions) + 1))]
         wanted = [names[i] for i in self.positions]
         table = pa_csv.read_csv(
             pa.py_buffer(chunk.data),
@@ -884,21 +908,25 @@ class _DelimitedSpec(_Spec):
     def row_of(self, *values: str) -> tuple:
         raise NotImplementedError
 
+    def _without_header(self, chunks: Iterator[_Chunk]) -> Iterator[_Chunk]:
+        for chunk in chunks:
+            yield self._start(chunk) if not self.columns else chunk
+
     def _start(self, chunk: _Chunk) -> _Chunk:
-        """Take the column count from the first non-blank line; drop that line if a header."""
+        """Take the column count from the file's first non-blank line; drop it if a header."""
         found = _first_text_line(chunk)
         if found is None:
-            return chunk
+            return chunk  # blank lines only: the next chunk may hold the first line
         skipped, end, text = found
         try:
             fields = self.fields(text.decode("utf-8", errors="replace").rstrip("\r"))
         except _Reject:
-            return chunk  # a broken first row: the slow path will say so
-        self.columns = len(fields)
+            fields = []  # a broken first row: no header, and the slow path will say so
+        self.columns = max(len(fields), 1)
         if len(fields) <= max(self.positions) or not self.is_header(fields):
             return chunk
-        return _Chunk(chunk.first_line + skipped + 1, chunk.data[end:], chunk.complete,
-                      chunk.newlines - skipped - 1 if chunk.complete or end < len(chunk.data) else 0)
+        newlines = chunk.newlines - skipped - 1 if chunk.complete else 0  # an unterminated chunk is one line
+        return _Chunk(chunk.first_line + skipped + 1, chunk.data[end:], chunk.complete, newlines)
 
 
 def _first_text_line(chunk: _Chunk) -> tuple[int, int, bytes] | None:

@@ -81,9 +81,16 @@ def redact_secrets(text: str) -> str:
     messages built from third-party exceptions."""
     for name in _SECRET_VARIABLES:
         secret = os.environ.get(name)
-        if secret:
+        if secret and len(secret) >= 8:  # a dummy like "testing" would mangle ordinary words
             text = text.replace(secret, "***")
     return text
+
+
+def url_of(fs: fsspec.AbstractFileSystem, path: str) -> str:
+    """The URL of `path` inside `fs` (plain for local files): what `filesystem_for` takes."""
+    if isinstance(fs, LocalFileSystem):
+        return path
+    return fs.unstrip_protocol(path)
 
 
 def _expand_source(source: str, s3: S3Config) -> list[str]:
@@ -95,7 +102,7 @@ def _expand_source(source: str, s3: S3Config) -> list[str]:
     except (OSError, ValueError) as exc:
         reason = redact_secrets(f"{type(exc).__name__}: {exc}").replace("\n", " ")
         raise InputError(f"{source}: cannot list ({reason})") from None
-    return [_as_url(fs, file) for file in files]
+    return [url_of(fs, file) for file in files]
 
 
 def _files_for(fs: fsspec.AbstractFileSystem, path: str, source: str) -> list[str]:
@@ -136,9 +143,3 @@ def _is_visible(path: str, root: str) -> bool:
     relative = posixpath.relpath(path, root) if root else path
     return all(name and not name.startswith((".", "_")) and not name.endswith(".crc")
                for name in relative.split("/"))
-
-
-def _as_url(fs: fsspec.AbstractFileSystem, path: str) -> str:
-    if isinstance(fs, LocalFileSystem):
-        return path
-    return fs.unstrip_protocol(path)

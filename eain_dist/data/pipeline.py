@@ -40,6 +40,7 @@ FEATURES = {"user": "user", "item": "item", "hist_item": "item", "category": "ca
             "hist_category": "category", "hour": "hour", "weekday": "weekday", "gap": "gap"}
 ESTIMATED_BYTES_PER_REVIEW = {".gz": 120, ".csv": 40, ".tsv": 30}  # partition sizing only
 REQUEST_SHIFT = 24  # request_id = user index << 24 | first row of the request within the user
+MAX_K_CORE_ROUNDS = 50
 
 
 @dataclass
@@ -66,32 +67,52 @@ def prepare(config: Config, log=print) -> PrepareResult:
     output = _Output(data.output, config)
     output.clear()
 
+    clock = _StageClock(log)
     interactions = _read(files, data.format, "interactions", config, counters)
-    by_item = _partition_by_item(interactions, meta_files, config, counters, partitions)
-    items = by_item.map_batches(_item_stage, batch_size=None, batch_format="pyarrow",
-                                fn_kwargs={"min_count": data.min_item_count, "counters": counters}).materialize()
-    _check_rejects(ray.get(counters.snapshot.remote()), data, output)
-    log(f"prepare: read {ray.get(counters.snapshot.remote())['read']['records']:,} records")
+    items = interactions.repartition(partitions, keys=["item"]).map_batches(
+        _item_stage, batch_size=None, batch_format="pyarrow",
+        fn_kwargs={"min_count": data.min_item_count, "counters": counters}).materialize()
+    read = ray.get(counters.snapshot.remote())
+    _check_rejects(read, data, output)
+    clock.done(f"read {read['read']['records']:,} records, partitioned by item, deduplicated")
+    if data.k_core:
+        items = _k_core(items, data, counters, partitions)
+        clock.done(f"k-core: every user has >= {data.min_user_count}, every item >= {data.min_item_count} reviews")
 
-    item_vocab = _item_vocabulary(items, config, output)
-    log(f"prepare: {item_vocab.num_items - 1:,} items, {item_vocab.num_categories - 1:,} categories")
+    item_vocab = _item_vocabulary(items, meta_files, config, counters, output)
+    clock.done(f"{item_vocab.num_items - 1:,} items, {item_vocab.num_categories - 1:,} categories")
     indexed = items.map_batches(_index_items, batch_size=None, batch_format="pyarrow",
-                                fn_kwargs={"item_vocab": item_vocab, "mode": data.vocab})
+                                fn_kwargs={"item_vocab": item_vocab})
     by_user = indexed.repartition(partitions, keys=["user"]).materialize()
+    clock.done("partitioned by user")
 
     user_offsets, num_users = _user_vocabulary(by_user, config, output)
+    clock.done(f"{num_users - 1:,} users")
     impressions = by_user.map_batches(
         _user_stage, batch_size=None, batch_format="pyarrow",
         fn_kwargs={"config": config, "user_offsets": user_offsets, "num_users": num_users,
                    "item_vocab": item_vocab, "counters": counters}).materialize()
-    split_rows = _write_splits(impressions, output)
+    clock.done("histories, splits, context, negatives, Skive-Above")
+    _write_splits(impressions, output)
+    clock.done("wrote train / valid / test")
     counts = ray.get(counters.snapshot.remote())
+    split_rows = counts["impressions"]
     meta = _meta(config, files, meta_files, counts, split_rows, num_users, item_vocab)
     output.write_json("meta.json", meta)
     output.write_rejects(counts["rejects"])
     seconds = time.time() - started
     log(f"prepare: wrote {sum(split_rows.values()):,} impressions to {data.output} in {seconds:.1f}s")
     return PrepareResult(output=data.output, meta=meta, seconds=seconds)
+
+
+class _StageClock:
+    def __init__(self, log):
+        self.log, self.last = log, time.time()
+
+    def done(self, what: str) -> None:
+        now = time.time()
+        self.log(f"prepare: {what} ({now - self.last:.1f}s)")
+        self.last = now
 
 
 # ----------------------------------------------------------------------------- counters
@@ -147,14 +168,11 @@ def _read_files(batch: pa.Table, *, fmt: str, kind: str, config: Config, counter
             ray.get(counters.add.remote("meta", {"records": log.total_records(), "rejects": log.total_rejects()}))
 
 
-def _partition_by_item(interactions, meta_files, config: Config, counters, partitions: int):
-    """Hash-partition by item; with metadata, the join itself does the partitioning."""
-    if not meta_files:
-        return interactions.repartition(partitions, keys=["item"])
+def _item_meta(meta_files: list[str], config: Config, counters, partitions: int):
+    """(item, category) of the metadata files, one row per item."""
     meta = _read(meta_files, _meta_format(config.data.format), "meta", config, counters)
-    meta = meta.select_columns(["item", "category"]).repartition(partitions, keys=["item"]).map_batches(
+    return meta.select_columns(["item", "category"]).repartition(partitions, keys=["item"]).map_batches(
         _first_meta_per_item, batch_size=None, batch_format="pyarrow", fn_kwargs={"counters": counters})
-    return interactions.join(meta, join_type="left_outer", num_partitions=partitions, on=("item",))
 
 
 def _meta_format(fmt: str) -> str:
@@ -162,10 +180,10 @@ def _meta_format(fmt: str) -> str:
 
 
 def _first_meta_per_item(table: pa.Table, *, counters) -> pa.Table:
-    """Metadata files repeat some items; a repeat must not duplicate the item's reviews."""
-    item = table["item"].to_numpy(zero_copy_only=False).astype(str)
-    _, first = np.unique(item, return_index=True)
-    _add(counters, "meta", duplicate_items=len(item) - len(first))
+    """Metadata files repeat some items; a repeat must not duplicate the item's vocabulary row."""
+    _, codes, _ = _distinct(table["item"])
+    _, first = np.unique(codes, return_index=True)
+    _add(counters, "meta", duplicate_items=table.num_rows - len(first))
     return table.take(np.sort(first))
 
 
@@ -201,133 +219,173 @@ def _check_rejects(counts: dict, data, output: "_Output") -> None:
 
 def _item_stage(table: pa.Table, *, min_count: int, counters) -> pa.Table:
     """One item partition: dedupe (user, item) keeping the earliest review, count, filter."""
-    if "category" not in table.column_names:
-        table = table.append_column("category", pa.nulls(table.num_rows, pa.string()))
-    rows_in = table.num_rows
-    table = table.sort_by([("item", "ascending"), ("user", "ascending"), ("timestamp", "ascending")])
-    item, user = table["item"], table["user"]
-    first = np.ones(table.num_rows, dtype=bool)
-    if table.num_rows:
-        same_pair = pc.and_(pc.equal(item[1:], item[:-1]), pc.equal(user[1:], user[:-1]))
-        first[1:] = ~same_pair.to_numpy(zero_copy_only=False)
-    table = table.filter(first)
-    item_values, item_inverse, item_counts = _distinct(table["item"])
-    keep = item_counts[item_inverse] >= min_count
-    _add(counters, "dedupe", rows_in=rows_in, duplicates=rows_in - table.num_rows)
-    _add(counters, "min_item_count", items_dropped=int((item_counts < min_count).sum()),
-         rows_dropped=int((~keep).sum()))
-    table = table.filter(keep).select(["user", "item", "timestamp", "category"])
-    return table.append_column("item_count", pa.array(item_counts[item_inverse][keep], pa.int64()))
+    _, item_code, _ = _distinct(table["item"])
+    _, user_code, _ = _distinct(table["user"])
+    order = np.lexsort((table["timestamp"].to_numpy(), user_code, item_code))
+    item_code, user_code = item_code[order], user_code[order]
+    first = np.r_[True, (item_code[1:] != item_code[:-1]) | (user_code[1:] != user_code[:-1])]
+    kept_rows, item_code = order[first], item_code[first]
+    item_counts = np.bincount(item_code)[item_code]  # distinct users of each row's item
+    keep = item_counts >= min_count
+    _add(counters, "dedupe", rows_in=table.num_rows, duplicates=table.num_rows - len(kept_rows))
+    _add(counters, "min_item_count", items_dropped=len(np.unique(item_code[~keep])), rows_dropped=int((~keep).sum()))
+    table = table.select(["user", "item", "timestamp"]).take(kept_rows[keep])
+    return table.append_column("item_count", pa.array(item_counts[keep], pa.int64()))
 
 
-def _distinct(column) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    values, inverse, counts = np.unique(column.to_numpy(zero_copy_only=False).astype(str),
-                                        return_inverse=True, return_counts=True)
-    return values, inverse, counts
+def _k_core(items, data, counters, partitions: int):
+    """Alternate the user and item min-count filters until both hold at once (the k-core)."""
+    rows = items.count()
+    for round_ in range(1, MAX_K_CORE_ROUNDS + 1):
+        by_user = items.repartition(partitions, keys=["user"]).map_batches(
+            _drop_rare, batch_size=None, batch_format="pyarrow",
+            fn_kwargs={"key": "user", "min_count": data.min_user_count, "counters": counters})
+        items = by_user.repartition(partitions, keys=["item"]).map_batches(
+            _drop_rare, batch_size=None, batch_format="pyarrow",
+            fn_kwargs={"key": "item", "min_count": data.min_item_count, "counters": counters}).materialize()
+        rows, before = items.count(), rows
+        if rows == before:
+            _add(counters, "k_core", rounds=round_)
+            return items
+    raise InputError(f"k-core filtering did not converge in {MAX_K_CORE_ROUNDS} rounds; raise the limits or "
+                     "set data.k_core=false")
+
+
+def _drop_rare(table: pa.Table, *, key: str, min_count: int, counters) -> pa.Table:
+    """Drop the rows of users (or items) with fewer than min_count rows in this partition."""
+    _, codes, counts = _distinct(table[key])
+    keep = counts[codes] >= min_count
+    _add(counters, "k_core", **{f"{key}_rows_dropped": int((~keep).sum())})
+    table = table.filter(pa.array(keep))
+    if key == "item":  # the item stage's count, refreshed for the vocabulary
+        table = table.set_column(table.schema.get_field_index("item_count"), "item_count",
+                                 pa.array(counts[codes][keep], pa.int64()))
+    return table
+
+
+def _distinct(column) -> tuple[pa.Array, np.ndarray, np.ndarray]:
+    """(distinct values, code of each row, count of each value), by hashing (no string sort)."""
+    encoded = pc.dictionary_encode(column)
+    if isinstance(encoded, pa.ChunkedArray):
+        encoded = encoded.unify_dictionaries().combine_chunks() if encoded.num_chunks else pa.array([], pa.dictionary(pa.int32(), pa.string()))
+    codes = encoded.indices.to_numpy(zero_copy_only=False).astype(np.int64)
+    return encoded.dictionary, codes, np.bincount(codes, minlength=len(encoded.dictionary))
 
 
 @dataclass(frozen=True)
 class ItemVocabulary:
-    """What the user stage needs to know of items: small arrays only (see vocab.py)."""
+    """What the user stage needs to know of items: small arrays and one per-item array."""
 
     num_items: int  # table rows, padding included
     num_categories: int
-    category_values: pa.Array  # raw category strings, in index order from 1
-    offsets: vocab.RankOffsets | None  # exact mode
-    item_category: object  # ObjectRef of an int32 array: category of each item index (exact mode)
+    offsets: vocab.RankOffsets | None  # exact mode: where each (partition, count) group starts
+    item_category: object  # ObjectRef of an int32 array: the category of each item index
 
 
-def _item_vocabulary(items, config: Config, output: "_Output") -> ItemVocabulary:
-
+def _item_vocabulary(items, meta_files: list[str], config: Config, counters, output: "_Output") -> ItemVocabulary:
+    """Number the items of their partitions, then attach categories to the (small) vocabulary."""
     data = config.data
-    category_counts = _collect(items.map_batches(_category_counts, batch_size=None, batch_format="pyarrow"))
-    categories = _category_vocabulary(category_counts, data.vocab)
-    output.write_table("vocab/category.parquet", categories)
-    if data.vocab == "hashed":
-        return ItemVocabulary(data.item_buckets, data.category_buckets, categories["raw"], None, None)
-    histogram = _collect(items.map_batches(_item_histogram, batch_size=None, batch_format="pyarrow"))
-    offsets = vocab.RankOffsets.from_histograms(histogram)
-    partial = ItemVocabulary(offsets.total + 1, categories.num_rows + 1, categories["raw"], offsets, None)
+    offsets = None
+    if data.vocab == "exact":
+        offsets = vocab.RankOffsets.from_histograms(
+            _collect(items.map_batches(_item_histogram, batch_size=None, batch_format="pyarrow")))
+    num_items = offsets.total + 1 if offsets else data.item_buckets
     rows = items.map_batches(_item_vocab_rows, batch_size=None, batch_format="pyarrow",
-                             fn_kwargs={"item_vocab": partial}).materialize()
-    output.write_dataset("vocab/item.parquet", rows.select_columns(["raw", "index", "count"]))
-    item_category = ray.put(_assemble_item_categories(rows, partial.num_items))
-    return ItemVocabulary(partial.num_items, partial.num_categories, categories["raw"], offsets, item_category)
+                             fn_kwargs={"offsets": offsets, "num_items": num_items}).materialize()
+    if data.vocab == "exact":
+        output.write_dataset("vocab/item.parquet", rows)
+    with_category = _join_categories(rows, meta_files, config, counters, rows.num_blocks())
+    categories = _category_vocabulary(_collect(with_category.map_batches(
+        _category_counts, batch_size=None, batch_format="pyarrow")), data.vocab, data.category_buckets)
+    output.write_table("vocab/category.parquet", categories)
+    num_categories = categories.num_rows + 1 if data.vocab == "exact" else data.category_buckets
+    item_category = _assemble_item_categories(with_category, categories, num_items, data.vocab, num_categories)
+    return ItemVocabulary(num_items, num_categories, offsets, ray.put(item_category))
+
+
+def _join_categories(rows, meta_files: list[str], config: Config, counters, partitions: int):
+    """(index, count, category raw) of every item; a join over items only, not reviews."""
+    if not meta_files:
+        return rows.map_batches(lambda t: t.append_column("category", pa.nulls(t.num_rows, pa.string())),
+                                batch_format="pyarrow")
+    meta = _item_meta(meta_files, config, counters, partitions)
+    joined = rows.rename_columns({"raw": "item"}).join(meta, join_type="left_outer", num_partitions=partitions,
+                                                       on=("item",))
+    return joined.materialize()
 
 
 def _collect(dataset) -> pa.Table:
     """Gather a dataset known to be small (histograms, per-category sums) on the driver."""
-
     tables = [t for t in ray.get(dataset.to_arrow_refs()) if t.num_rows]
     return pa.concat_tables(tables) if tables else pa.table({})
 
 
 def _category_counts(table: pa.Table) -> pa.Table:
-    grouped = table.select(["category", "item_count"]).filter(pc.is_valid(table["category"]))
-    return grouped.group_by("category").aggregate([("item_count", "count")]).rename_columns(["category", "count"])
+    known = table.filter(pc.is_valid(table["category"]))
+    return known.group_by("category").aggregate([("count", "sum")]).rename_columns(["category", "count"])
 
 
-def _category_vocabulary(counts: pa.Table, mode: str) -> pa.Table:
+def _category_vocabulary(counts: pa.Table, mode: str, buckets: int) -> pa.Table:
+    """Categories by frequency (interactions of their items); few enough for the driver."""
     if counts.num_rows == 0:
         return pa.table({"raw": pa.array([], pa.string()), "index": pa.array([], pa.int64()),
                          "count": pa.array([], pa.int64())})
     summed = counts.group_by("category").aggregate([("count", "sum")])
-    raw = summed["category"].to_numpy(zero_copy_only=False).astype(str)
-    count = summed["count_sum"].to_numpy()
-    order = np.lexsort((raw, -count))
-    index = np.arange(1, len(order) + 1) if mode == "exact" else None
-    table = pa.table({"raw": raw[order], "count": count[order].astype(np.int64)})
-    if index is None:
-        index = vocab.hashed_index(table["raw"], 1 << 30)
-    return table.append_column("index", pa.array(index, pa.int64())).select(["raw", "index", "count"])
+    by_frequency = pa.table({"raw": summed["category"], "count": summed["count_sum"]})
+    by_frequency = by_frequency.take(pc.sort_indices(by_frequency, [("count", "descending"), ("raw", "ascending")]))
+    index = (np.arange(1, by_frequency.num_rows + 1) if mode == "exact"
+             else vocab.hashed_index(by_frequency["raw"], buckets))
+    return pa.table({"raw": by_frequency["raw"], "index": pa.array(index, pa.int64()), "count": by_frequency["count"]})
 
 
 def _item_histogram(table: pa.Table) -> pa.Table:
-    items, counts, _ = _distinct_items(table)
-    return vocab.count_histogram(vocab.partition_id(vocab.stable_hash(items)), counts)
+    items, counts = _distinct_items(table)
+    return vocab.count_histogram(vocab.partition_id(items), counts)
 
 
-def _distinct_items(table: pa.Table) -> tuple[pa.Array, np.ndarray, pa.Array]:
-    """Distinct items of an item partition with their (already computed) counts and category."""
-    distinct = table.select(["item", "item_count", "category"]).group_by("item").aggregate(
-        [("item_count", "max"), ("category", "max")])
-    return distinct["item"].combine_chunks(), distinct["item_count_max"].to_numpy(), distinct["category_max"]
+def _distinct_items(table: pa.Table) -> tuple[pa.Array, np.ndarray]:
+    """Distinct items of an item partition with their counts (computed by the item stage)."""
+    items, codes, _ = _distinct(table["item"])
+    counts = np.zeros(len(items), np.int64)
+    counts[codes] = table["item_count"].to_numpy()
+    return items, counts
 
 
-def _item_vocab_rows(table: pa.Table, *, item_vocab: ItemVocabulary) -> pa.Table:
-    items, counts, categories = _distinct_items(table)
-    index = vocab.frequency_index(items, counts, vocab.partition_id(vocab.stable_hash(items)), item_vocab.offsets)
-    category = _category_index(categories, item_vocab, "exact")
-    return pa.table({"raw": items, "index": index, "count": counts, "category": category})
+def _item_indices(items: pa.Array, counts: np.ndarray, offsets, num_items: int) -> np.ndarray:
+    if offsets is None:
+        return vocab.hashed_index(items, num_items)
+    return vocab.frequency_index(items, counts, vocab.partition_id(items), offsets)
 
 
-def _category_index(raw, item_vocab: ItemVocabulary, mode: str) -> np.ndarray:
-    if mode == "hashed":
-        hashed = vocab.hashed_index(pc.fill_null(raw, ""), item_vocab.num_categories)
-        return np.where(pc.is_valid(raw).to_numpy(zero_copy_only=False), hashed, 0)
-    found = pc.index_in(raw, value_set=item_vocab.category_values)
-    return pc.fill_null(pc.add(found, 1), 0).to_numpy(zero_copy_only=False).astype(np.int64)
+def _item_vocab_rows(table: pa.Table, *, offsets, num_items: int) -> pa.Table:
+    items, counts = _distinct_items(table)
+    return pa.table({"raw": items, "index": _item_indices(items, counts, offsets, num_items), "count": counts})
 
 
-def _assemble_item_categories(rows, num_items: int) -> np.ndarray:
-    """Category of every item index: the one per-item array the samplers need (int32)."""
-
+def _assemble_item_categories(with_category, categories: pa.Table, num_items: int, mode: str,
+                              num_categories: int) -> np.ndarray:
+    """Category index of every item index (int32): the one per-item array the workers share."""
     item_category = np.zeros(num_items, dtype=np.int32)
-    for ref in rows.select_columns(["index", "category"]).to_arrow_refs():
+    for ref in with_category.to_arrow_refs():
         block = ray.get(ref)
-        item_category[block["index"].to_numpy()] = block["category"].to_numpy()
+        item_category[block["index"].to_numpy()] = _category_index(block["category"], categories, mode, num_categories)
     return item_category
 
 
-def _index_items(table: pa.Table, *, item_vocab: ItemVocabulary, mode: str) -> pa.Table:
-    """Replace raw item ids by their indices (the partition holds complete items)."""
+def _category_index(raw, categories: pa.Table, mode: str, num_categories: int) -> np.ndarray:
+    known = pc.is_valid(raw).to_numpy(zero_copy_only=False)
     if mode == "hashed":
-        item = vocab.hashed_index(table["item"], item_vocab.num_items)
-    else:
-        items, counts, _ = _distinct_items(table)
-        index = vocab.frequency_index(items, counts, vocab.partition_id(vocab.stable_hash(items)), item_vocab.offsets)
-        item = index[pc.index_in(table["item"], value_set=items).to_numpy()]
-    category = _category_index(table["category"], item_vocab, mode)
+        return np.where(known, vocab.hashed_index(pc.fill_null(raw, ""), num_categories), 0)
+    found = pc.index_in(raw, value_set=categories["raw"])
+    return pc.fill_null(pc.add(found, 1), 0).to_numpy(zero_copy_only=False).astype(np.int64)
+
+
+def _index_items(table: pa.Table, *, item_vocab: ItemVocabulary) -> pa.Table:
+    """Replace raw item ids by their indices (the partition holds complete items)."""
+    items, counts = _distinct_items(table)
+    index = _item_indices(items, counts, item_vocab.offsets, item_vocab.num_items)
+    item = index[pc.index_in(table["item"], value_set=items).to_numpy()]
+    category = ray.get(item_vocab.item_category)[item].astype(np.int64)
     return pa.table({"user": table["user"], "item": pa.array(item, pa.int64()),
                      "category": pa.array(category, pa.int64()), "timestamp": table["timestamp"]})
 
@@ -349,22 +407,20 @@ def _user_vocabulary(by_user, config: Config, output: "_Output"):
 
 
 def _users_of(table: pa.Table, min_count: int):
-    """Distinct users of a user partition, their counts, and which pass the min-count filter."""
-    users, inverse, counts = _distinct(table["user"])
-    return users, inverse, counts, counts >= min_count
+    """Distinct users of a user partition, each row's user code, counts, and who is kept."""
+    users, codes, counts = _distinct(table["user"])
+    return users, codes, counts, counts >= min_count
 
 
 def _user_histogram(table: pa.Table, *, min_count: int) -> pa.Table:
     users, _, counts, kept = _users_of(table, min_count)
-    part = vocab.partition_id(vocab.stable_hash(pa.array(users)))
-    return vocab.count_histogram(part, counts[kept])
+    return vocab.count_histogram(vocab.partition_id(users), counts[kept])
 
 
 def _user_vocab_rows(table: pa.Table, *, min_count: int, offsets) -> pa.Table:
     users, _, counts, kept = _users_of(table, min_count)
-    part = vocab.partition_id(vocab.stable_hash(pa.array(users)))
-    raw = pa.array(users[kept])
-    return pa.table({"raw": raw, "index": vocab.frequency_index(raw, counts[kept], part, offsets),
+    raw = users.filter(pa.array(kept))
+    return pa.table({"raw": raw, "index": vocab.frequency_index(raw, counts[kept], vocab.partition_id(users), offsets),
                      "count": counts[kept].astype(np.int64)})
 
 
@@ -372,72 +428,66 @@ def _user_stage(table: pa.Table, *, config: Config, user_offsets, num_users: int
                 item_vocab: ItemVocabulary, counters) -> pa.Table:
     """One user partition -> impressions of all three splits (column `split`)."""
     data = config.data
-    users, inverse, counts, kept = _users_of(table, data.min_user_count)
-    keep_rows = kept[inverse]
+    users, codes, counts, kept = _users_of(table, data.min_user_count)
+    keep_rows = kept[codes]
     _add(counters, "min_user_count", users_dropped=int((~kept).sum()), rows_dropped=int((~keep_rows).sum()),
          users_kept=int(kept.sum()))
     user_index = _user_indices(users, counts, kept, user_offsets, num_users, data.vocab)
-    table = table.filter(keep_rows)
-    seq = sequences.sort_by_user_time(user_index[inverse[keep_rows]], table["item"].to_numpy(),
-                                      table["category"].to_numpy(), table["timestamp"].to_numpy())
-    rng = np.random.default_rng([config.sampling.seed, vocab.partition_id(vocab.stable_hash(pa.array(users)))])
-    positives = _positives(seq, data.max_history, config.sampling.session_gap_s, counters)
-    negatives = _negatives(positives, seq, config, item_vocab, rng, counters)
-    return _impressions(positives, negatives, config, rng, counters)
+    seq = sequences.sort_by_user_time(user_index[codes[keep_rows]], table["item"].to_numpy()[keep_rows],
+                                      table["category"].to_numpy()[keep_rows], table["timestamp"].to_numpy()[keep_rows])
+    rng = np.random.default_rng([config.sampling.seed, vocab.partition_id(users)])
+    rows = _row_features(seq, data.max_history, config.sampling.session_gap_s)
+    positive = np.flatnonzero(rows["split"] >= 0)
+    _add(counters, "split", train_without_history=int((rows["split"] < 0).sum()),
+         **{f"{name}_positives": int((rows["split"] == k).sum()) for k, name in enumerate(sequences.SPLIT_NAMES)})
+    negative, negative_item = _negatives(positive, seq, config, item_vocab, rng, counters)
+    source = np.concatenate([positive, negative])  # the sequence row each impression copies
+    item = np.concatenate([seq.item[positive], negative_item])
+    category = np.concatenate([seq.category[positive], _categories_of(negative_item, item_vocab)])
+    label = np.r_[np.ones(len(positive), np.float32), np.zeros(len(negative), np.float32)]
+    position = sampling.random_positions(rows["request_id"][source], rng)
+    keep = _skive_above(rows["split"][source], rows["request_id"][source], position, label, config, counters)
+    impressions = _impression_table(seq, rows, source[keep], item[keep], category[keep], label[keep],
+                                    position[keep], data.max_history)
+    _add(counters, "impressions", **{name: int((impressions["split"].to_numpy() == k).sum())
+                                     for k, name in enumerate(sequences.SPLIT_NAMES)})
+    return impressions
 
 
-def _user_indices(users, counts, kept, offsets, num_users: int, mode: str) -> np.ndarray:
+def _user_indices(users: pa.Array, counts, kept, offsets, num_users: int, mode: str) -> np.ndarray:
     index = np.zeros(len(users), np.int64)
+    raw = users.filter(pa.array(kept))
     if mode == "hashed":
-        index[kept] = vocab.hashed_index(pa.array(users[kept]), num_users)
+        index[kept] = vocab.hashed_index(raw, num_users)
     else:
-        part = vocab.partition_id(vocab.stable_hash(pa.array(users)))
-        index[kept] = vocab.frequency_index(pa.array(users[kept]), counts[kept], part, offsets)
+        index[kept] = vocab.frequency_index(raw, counts[kept], vocab.partition_id(users), offsets)
     return index
 
 
-def _positives(seq: sequences.UserSequences, max_history: int, session_gap_s: int, counters) -> dict:
-    """Observed reviews with their history, context, split and request."""
+def _row_features(seq: sequences.UserSequences, max_history: int, session_gap_s: int) -> dict[str, np.ndarray]:
+    """Per observed review: history bounds, context, split (-1 = dropped) and request."""
     hist_end = sequences.history_end(seq)
     hist_start = np.maximum(seq.user_start, hist_end - max_history)
-    hist_len = (hist_end - hist_start).astype(np.int32)
-    split = sequences.split_of(seq, hist_len)
+    split = sequences.split_of(seq, hist_end - hist_start)
     session = sampling.session_starts(seq.user_start, seq.timestamp, session_gap_s)
     own_request = split != sequences.SPLIT_TRAIN  # valid / test positives stand alone
     request_row = np.where(own_request, np.arange(len(split)), session) - seq.user_start
-    keep = split >= 0
-    _add(counters, "split", train_without_history=int((~keep).sum()),
-         **{f"{name}_positives": int((split == k).sum()) for k, name in enumerate(sequences.SPLIT_NAMES)})
-    rows = np.flatnonzero(keep)
-    return {
-        "rows": rows,
-        "split": split[rows],
-        "user": seq.user[rows], "item": seq.item[rows], "category": seq.category[rows],
-        "timestamp": seq.timestamp[rows],
-        "hist_item": sequences.gather_history(seq.item, hist_start, hist_end, max_history)[rows],
-        "hist_category": sequences.gather_history(seq.category, hist_start, hist_end, max_history)[rows],
-        "hist_len": hist_len[rows],
-        "request_id": (seq.user[rows] << REQUEST_SHIFT) | request_row[rows],
-        **{k: v[rows] for k, v in sequences.context_features(seq, hist_end).items()},
-    }
+    return {"hist_start": hist_start, "hist_end": hist_end, "split": split,
+            "request_id": (seq.user << REQUEST_SHIFT) | request_row,
+            **sequences.context_features(seq, hist_end)}
 
 
-def _negatives(positives: dict, seq: sequences.UserSequences, config: Config, item_vocab: ItemVocabulary,
-               rng: np.random.Generator, counters) -> dict:
-    """`sampling.negatives` copies of each positive's context with an item the user never had."""
-    k = config.sampling.negatives
-    source = np.repeat(np.arange(len(positives["rows"])), k)
-    ordinal = np.cumsum(np.concatenate(([0], np.diff(seq.user) != 0)))
+def _negatives(positive: np.ndarray, seq: sequences.UserSequences, config: Config, item_vocab: ItemVocabulary,
+               rng: np.random.Generator, counters) -> tuple[np.ndarray, np.ndarray]:
+    """`sampling.negatives` items per positive that its user never had: (source rows, items)."""
+    source = np.repeat(positive, config.sampling.negatives)
+    ordinal = np.cumsum(np.r_[0, np.diff(seq.user) != 0])
     key_space = int(max(item_vocab.num_items, seq.item.max(initial=0) + 1))
     user_item_keys = np.unique(ordinal * key_space + seq.item)
     sampler = _sampler(config, item_vocab, seq)
-    items, ok = sampling.draw_negatives(sampler, rng, ordinal[positives["rows"]][source], user_item_keys, key_space)
+    items, ok = sampling.draw_negatives(sampler, rng, ordinal[source], user_item_keys, key_space)
     _add(counters, "negatives", drawn=int(ok.sum()), unavailable=int((~ok).sum()))
-    source, items = source[ok], items[ok]
-    negatives = {name: values[source] for name, values in positives.items()}
-    negatives["item"] = items
-    negatives["category"] = _categories_of(items, item_vocab, seq)
-    return negatives
+    return source[ok], items[ok]
 
 
 def _sampler(config: Config, item_vocab: ItemVocabulary, seq: sequences.UserSequences):
@@ -450,46 +500,37 @@ def _sampler(config: Config, item_vocab: ItemVocabulary, seq: sequences.UserSequ
     return sampling.FrequencyRankSampler.from_count_ranges(first, size, count, config.sampling.popularity_power)
 
 
-def _categories_of(items: np.ndarray, item_vocab: ItemVocabulary, seq: sequences.UserSequences) -> np.ndarray:
-
-    if item_vocab.item_category is not None:
-        return ray.get(item_vocab.item_category)[items].astype(np.int64)
-    # Hashed mode draws only items of this partition, whose categories are known here.
-    order = np.argsort(seq.item, kind="stable")
-    found = np.searchsorted(seq.item[order], items)
-    return seq.category[order][found]
+def _categories_of(items: np.ndarray, item_vocab: ItemVocabulary) -> np.ndarray:
+    return ray.get(item_vocab.item_category)[items].astype(np.int64)
 
 
-def _impressions(positives: dict, negatives: dict, config: Config, rng, counters) -> pa.Table:
-    both = {name: np.concatenate([positives[name], negatives[name]]) for name in positives if name != "rows"}
-    label = np.concatenate([np.ones(len(positives["rows"]), np.float32), np.zeros(len(negatives["item"]), np.float32)])
-    position = sampling.random_positions(both["request_id"], rng)
+def _skive_above(split, request_id, position, label, config: Config, counters) -> np.ndarray:
     keep = np.ones(len(label), dtype=bool)
     if config.sampling.skive_above:
-        train = both["split"] == sequences.SPLIT_TRAIN
-        keep = ~train | sampling.skive_above_keep(both["request_id"], position, label)
+        train = split == sequences.SPLIT_TRAIN
+        keep = ~train | sampling.skive_above_keep(request_id, position, label)
     _add(counters, "skive_above", negatives_dropped=int((~keep).sum()))
-    columns = {name: values[keep] for name, values in both.items()}
-    return _impression_table(columns, label[keep], position[keep])
+    return keep
 
 
-def _impression_table(columns: dict, label: np.ndarray, position: np.ndarray) -> pa.Table:
-    max_history = columns["hist_item"].shape[1] if columns["hist_item"].ndim == 2 else 0
+def _impression_table(seq, rows: dict, source, item, category, label, position, max_history: int) -> pa.Table:
+    """Histories are gathered once, for the impressions that survive."""
+    start, end = rows["hist_start"][source], rows["hist_end"][source]
     return pa.table({
         "label": pa.array(label, pa.float32()),
-        "user": pa.array(columns["user"], pa.int64()),
-        "item": pa.array(columns["item"], pa.int64()),
-        "category": pa.array(columns["category"], pa.int64()),
-        "hour": pa.array(columns["hour"], pa.int64()),
-        "weekday": pa.array(columns["weekday"], pa.int64()),
-        "gap": pa.array(columns["gap"], pa.int64()),
-        "hist_item": _list_column(columns["hist_item"], max_history),
-        "hist_category": _list_column(columns["hist_category"], max_history),
-        "hist_len": pa.array(columns["hist_len"], pa.int32()),
-        "request_id": pa.array(columns["request_id"], pa.int64()),
+        "user": pa.array(seq.user[source], pa.int64()),
+        "item": pa.array(item, pa.int64()),
+        "category": pa.array(category, pa.int64()),
+        "hour": pa.array(rows["hour"][source], pa.int64()),
+        "weekday": pa.array(rows["weekday"][source], pa.int64()),
+        "gap": pa.array(rows["gap"][source], pa.int64()),
+        "hist_item": _list_column(sequences.gather_history(seq.item, start, end, max_history), max_history),
+        "hist_category": _list_column(sequences.gather_history(seq.category, start, end, max_history), max_history),
+        "hist_len": pa.array(end - start, pa.int32()),
+        "request_id": pa.array(rows["request_id"][source], pa.int64()),
         "position": pa.array(position, pa.int32()),
-        "timestamp": pa.array(columns["timestamp"], pa.int64()),
-        "split": pa.array(columns["split"], pa.int8()),
+        "timestamp": pa.array(seq.timestamp[source], pa.int64()),
+        "split": pa.array(rows["split"][source], pa.int8()),
     })
 
 
@@ -502,13 +543,9 @@ def _list_column(matrix: np.ndarray, width: int) -> pa.Array:
 # ----------------------------------------------------------------------------- output
 
 
-def _write_splits(impressions, output: "_Output") -> dict[str, int]:
-    rows = {}
+def _write_splits(impressions, output: "_Output") -> None:
     for k, name in enumerate(sequences.SPLIT_NAMES):
-        split = impressions.filter(expr=f"split == {k}").drop_columns(["split"])
-        output.write_dataset(name, split)
-        rows[name] = split.count()
-    return rows
+        output.write_dataset(name, impressions.filter(expr=f"split == {k}").drop_columns(["split"]))
 
 
 def _meta(config: Config, files, meta_files, counts: dict, split_rows: dict, num_users: int,

@@ -56,9 +56,13 @@ def history_end(seq: UserSequences) -> np.ndarray:
 
 def gather_history(values: np.ndarray, start: np.ndarray, end: np.ndarray, max_history: int) -> np.ndarray:
     """N x L matrix of values[max(start, end-L):end], left-padded with 0."""
-    columns = end[:, None] - max_history + np.arange(max_history)[None, :]  # N x L row indices
-    valid = columns >= start[:, None]
-    return np.where(valid, values[np.clip(columns, 0, None)], 0)
+    # A history is a contiguous slice of the sorted rows: take the L-wide window ending at
+    # `end` from a zero-padded copy (one gather), then blank what belongs to other users.
+    padded = np.concatenate([np.zeros(max_history, dtype=np.int64), values.astype(np.int64, copy=False)])
+    windows = np.lib.stride_tricks.sliding_window_view(padded, max_history)
+    history = windows[end]  # N x L: values[end-L:end]
+    own = np.arange(max_history)[None, :] >= (max_history - (end - start))[:, None]
+    return np.multiply(history, own, out=history)  # in place: N x L is the largest array here
 
 
 def split_of(seq: UserSequences, hist_len: np.ndarray) -> np.ndarray:

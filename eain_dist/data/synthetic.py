@@ -3,7 +3,7 @@
 Writes `<out>/reviews/part-NNNNN.jsonl.gz` and `<out>/meta/part-NNNNN.jsonl.gz` with the
 fields of the real files, at any size: users are generated a chunk at a time with vectorised
 numpy, so memory grows with users and items, never with reviews. Same arguments and seed give
-identical bytes.
+identical bytes (with the same numpy and zlib).
 
 The generative process, chosen so that a sequence model has something to find that a model of
 user and item alone cannot fully capture:
@@ -15,9 +15,9 @@ has `_NEXT_ITEMS` "next" items: items of its own category drawn by popularity, w
 tend to review after it.
 
 Users. Reviews per user are 1 plus a multinomial share of the rest with log-normal weights:
-heavy-tailed, many users with 1-4 reviews, a few with hundreds; the total is exactly
-`reviews`. A user's review days start uniformly in 2015-2023 and follow log-normal gaps around
-a personal pace; each day is moved to a weekday of the same week drawn from a weekly profile
+heavy-tailed, many users with 1-4 reviews, a few with hundreds (expected at most
+`_MAX_EXPECTED_REVIEWS`); the total is exactly `reviews`. A user's review days start
+uniformly in 2015-2023 and follow log-normal gaps around a personal pace; each day is moved to a weekday of the same week drawn from a weekly profile
 (weekends busier), at an hour drawn from a daily profile (evening peak, night trough), to the
 millisecond.
 
@@ -43,7 +43,7 @@ import pyarrow.compute as pc
 
 from eain_dist.config import S3Config
 from eain_dist.data.errors import InputError
-from eain_dist.data.fs import filesystem_for
+from eain_dist.data.fs import filesystem_for, url_of
 
 _NEXT_ITEMS = 3
 _FOLLOW_SOON = 0.7
@@ -73,11 +73,12 @@ _STORE_WORDS = ("Norvik", "Altera", "Brightline", "Cobalt", "Dunmore", "Everpine
 # Review titles and texts by rating (1..5).
 _TITLES = (("Broke quickly", "Not as described"), ("Disappointed", "Meh"), ("It is okay", "Average"),
            ("Pretty good", "Works well"), ("Love it", "Five Stars", "Great value"))
+_TITLE_TEXTS = tuple(title for titles in _TITLES for title in titles)
 _TITLE_COUNT = np.array([len(titles) for titles in _TITLES])
 _TITLE_FIRST = np.cumsum(_TITLE_COUNT) - _TITLE_COUNT
 _TEXTS = ("Stopped working after a week.", "Expected better quality.", "Does the job, nothing special.",
           "Good product for the price.", "Exactly what I needed, would buy again.")
-_ID_ALPHABET = np.frombuffer(b"0123456789ABCDEFGHJKLMNPQRSTUVWXYZ"[:32], dtype=np.uint8)
+_ID_ALPHABET = np.frombuffer(b"0123456789ABCDEFGHJKLMNPQRSTUVWX", dtype=np.uint8)  # base 32
 
 
 def generate(out_dir: str, *, users: int, items: int, reviews: int, categories: int = 24,
@@ -189,9 +190,12 @@ def _prices(category: np.ndarray, categories: int, rng: np.random.Generator) -> 
 
 
 def _reviews_per_user(users: int, reviews: int, rng: np.random.Generator) -> np.ndarray:
+    extra = reviews - users  # beyond every user's first
     weights = rng.lognormal(0.0, _ACTIVITY_SIGMA, users)
-    expected = np.minimum((reviews - users) * weights / weights.sum(), _MAX_EXPECTED_REVIEWS)
-    return 1 + rng.multinomial(reviews - users, expected / expected.sum())
+    if extra == 0:
+        return np.ones(users, dtype=np.int64)
+    expected = np.minimum(extra * weights / weights.sum(), _MAX_EXPECTED_REVIEWS)
+    return 1 + rng.multinomial(extra, expected / expected.sum())
 
 
 def _review_days(counts: np.ndarray, rng: np.random.Generator) -> np.ndarray:
@@ -255,7 +259,7 @@ def _review_lines(catalogue: _Catalogue, counts: np.ndarray, lo: int, hi: int, s
         rng = np.random.default_rng([seed, 3, chunk_lo])
         chunk_counts = counts[chunk_lo:chunk_hi]
         times = _review_times_ms(chunk_counts, rng)
-        gaps = np.diff(times, prepend=times[:1])
+        gaps = np.diff(times, prepend=times[:1])  # meaningless at a user's first review, never read there
         items = _review_items(catalogue, chunk_counts, gaps, rng)
         users = np.repeat(np.arange(chunk_lo, chunk_hi), chunk_counts)
         yield _reviews_json(catalogue, users, items, times, rng)
@@ -279,7 +283,7 @@ def _reviews_json(catalogue: _Catalogue, users: np.ndarray, items: np.ndarray, t
     title = _TITLE_FIRST[rating - 1] + rng.integers(0, _TITLE_COUNT[rating - 1])
     asin = _item_ids(items)
     return _json_lines(
-        '{"rating": ', _strings(rating), '.0, "title": "', _names(sum(_TITLES, ()), title),
+        '{"rating": ', _strings(rating), '.0, "title": "', _names(_TITLE_TEXTS, title),
         '", "text": "', _names(_TEXTS, rating - 1),
         '", "images": [], "asin": "', asin, '", "parent_asin": "', asin,
         '", "user_id": "', _user_ids(users), '", "timestamp": ', _strings(times),
@@ -371,7 +375,10 @@ def _ids(prefix: bytes, index: np.ndarray, *, digits: int, salt: int) -> pa.Arra
 
 def _write_parts(fs, folder: str, parts: int, rows: int, lines_of) -> list[str]:
     """Split [0, rows) into `parts` ranges; each range's lines go to one gzip part file."""
-    fs.makedirs(folder, exist_ok=True)
+    try:
+        fs.makedirs(folder, exist_ok=True)
+    except OSError as exc:  # e.g. the output path is a file, or read-only
+        raise InputError(f"{folder}: cannot create the output folder ({type(exc).__name__})") from None
     for stale in fs.glob(f"{folder}/part-*.jsonl.gz"):
         fs.rm(stale)
     paths = []
@@ -383,6 +390,7 @@ def _write_parts(fs, folder: str, parts: int, rows: int, lines_of) -> list[str]:
         with fs.open(path, "wb") as file:
             for buffer in lines_of(int(bounds[part]), int(bounds[part + 1])):
                 file.write(deflate.compress(buffer))
+                del buffer  # free this chunk's text before the next one is built
             file.write(deflate.flush())
-        paths.append(path)
+        paths.append(url_of(fs, path))
     return paths

@@ -16,6 +16,7 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 import pyarrow as pa
+import pyarrow.compute as pc
 
 
 def stable_hash(raw: pa.Array | pa.ChunkedArray) -> np.ndarray:
@@ -28,9 +29,10 @@ def hashed_index(raw, buckets: int) -> np.ndarray:
     return (1 + stable_hash(raw) % np.uint64(buckets - 1)).astype(np.int64)
 
 
-def partition_id(hashes: np.ndarray) -> int:
-    """Names a partition by its smallest id hash: partitions hold disjoint ids."""
-    return int(hashes.min()) if len(hashes) else -1
+def partition_id(raw: pa.Array | pa.ChunkedArray) -> int:
+    """Names a partition by the hash of its smallest raw id: partitions hold disjoint ids."""
+    smallest = pc.min(raw).as_py()
+    return int(stable_hash(pa.array([smallest], pa.string()))[0]) if smallest is not None else 0
 
 
 def count_histogram(part: int, counts: np.ndarray) -> pa.Table:
@@ -79,8 +81,8 @@ class RankOffsets:
 
 def frequency_index(raw: pa.Array, counts: np.ndarray, part: int, offsets: RankOffsets) -> np.ndarray:
     """1-based frequency-ordered index of each distinct id of one partition."""
-    names = raw.to_numpy(zero_copy_only=False).astype(str)
-    order = np.lexsort((names, -counts))  # within a count group: raw id ascending
+    by_frequency = pa.table({"count": counts, "raw": raw})  # within a count group: raw id ascending
+    order = pc.sort_indices(by_frequency, sort_keys=[("count", "descending"), ("raw", "ascending")]).to_numpy()
     sorted_counts = counts[order]
     first = np.concatenate(([True], sorted_counts[1:] != sorted_counts[:-1]))
     group_first = np.maximum.accumulate(np.where(first, np.arange(len(order)), 0))

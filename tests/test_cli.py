@@ -1,0 +1,102 @@
+"""The `eain` command as a user runs it: real data end to end, and every failure in one line."""
+
+from __future__ import annotations
+
+import csv
+import json
+from pathlib import Path
+
+import pyarrow.parquet as pq
+import pytest
+
+from eain_dist.cli import main
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def run_cli(capsys, *argv) -> tuple[int, str, str]:
+    code = main(list(argv))
+    captured = capsys.readouterr()
+    return code, captured.out, captured.err
+
+
+@pytest.mark.slow
+def test_prepare_real_grocery_reviews(tmp_path, capsys, shared_data, ray_local):
+    output = tmp_path / "grocery"
+    code, out, err = run_cli(capsys, "prepare", "--config", str(ROOT / "configs" / "grocery.yaml"),
+                             "--set", f"data.source={shared_data / 'grocery' / 'interactions.tsv'}",
+                             "--set", f"data.meta={shared_data / 'grocery' / 'item_meta.tsv'}",
+                             "--set", f"data.output={output}")
+    assert code == 0, err
+    meta = json.loads((output / "meta.json").read_text())
+    with open(shared_data / "grocery" / "interactions.tsv") as handle:
+        rows = list(csv.reader(handle, delimiter="\t"))[1:]
+    per_user: dict[str, set] = {}
+    for user, item, _ in rows:
+        per_user.setdefault(user, set()).add(item)
+    eligible = {u for u, items in per_user.items() if len(items) >= 3}
+    assert meta["counts"]["read"] == {"records": len(rows), "rejects": 0}
+    assert meta["tables"]["user"] == len(eligible) + 1
+    assert meta["splits"]["test"] == meta["splits"]["valid"] == 2 * len(eligible)  # 1 positive + 1 negative
+    test = pq.read_table(output / "test")
+    assert test.num_rows == meta["splits"]["test"]
+    assert (test["category"].to_numpy() > 0).any()  # categories joined from item_meta.tsv
+    assert "test impressions" in out
+
+
+def test_unknown_config_key_is_one_line(capsys):
+    code, _, err = run_cli(capsys, "prepare", "--set", "data.max_histroy=3", "--set", "data.source=x")
+    assert code == 2
+    assert err.strip().count("\n") == 0 and "data.max_histroy" in err
+
+
+def test_missing_source_names_it(tmp_path, capsys, ray_local):
+    code, _, err = run_cli(capsys, "prepare", "--set", f"data.source={tmp_path}/nope/*.jsonl.gz",
+                           "--set", f"data.output={tmp_path}/out")
+    assert code == 2
+    assert "nope" in err and err.strip().count("\n") == 0
+
+
+def _write_reviews(path: Path, good: int, bad: int) -> None:
+    lines = [json.dumps({"user_id": f"u{i % 40}", "parent_asin": f"i{i % 97}", "timestamp": 1_600_000_000_000 + i * 1000,
+                         "rating": 5.0}) for i in range(good)]
+    for k in range(bad):
+        lines.insert(10 + k * 7, '{"user_id": "broken", "parent_asin": ')
+    path.write_text("\n".join(lines) + "\n")
+
+
+def test_too_many_malformed_records_fail_with_file_line_and_samples(tmp_path, capsys, ray_local):
+    source = tmp_path / "reviews.jsonl"
+    _write_reviews(source, good=400, bad=30)
+    code, _, err = run_cli(capsys, "prepare", "--set", f"data.source={source}", "--set", "data.format=amazon2023",
+                           "--set", f"data.output={tmp_path}/out", "--set", "data.max_reject_fraction=0.01")
+    assert code == 2
+    assert "30 of 430 records malformed" in err and "reviews.jsonl line 11" in err
+    samples = [json.loads(line) for line in (tmp_path / "out" / "rejects" / "samples.jsonl").read_text().splitlines()]
+    assert len(samples) == 20 and all(s["reason"] == "malformed_json" for s in samples)
+
+
+def test_malformed_records_within_the_limit_are_counted_not_lost(tmp_path, capsys, ray_local):
+    source = tmp_path / "reviews.jsonl"
+    _write_reviews(source, good=400, bad=3)
+    code, _, err = run_cli(capsys, "prepare", "--set", f"data.source={source}", "--set", "data.format=auto",
+                           "--set", f"data.output={tmp_path}/out")
+    assert code == 0, err
+    meta = json.loads((tmp_path / "out" / "meta.json").read_text())
+    assert meta["counts"]["read"] == {"records": 403, "rejects": 3}
+    assert meta["rejects"]["by_file"] == {str(source): {"malformed_json": 3}}
+    assert meta["counts"]["dedupe"]["rows_in"] == 400
+
+
+@pytest.mark.slow
+def test_eain_run_main_job(tmp_path, capsys, monkeypatch, ray_local):
+    monkeypatch.chdir(tmp_path)
+    code, out, err = run_cli(capsys, "run", "--set", "generate.reviews=6000", "--set", "generate.users=500",
+                             "--set", "generate.items=300")
+    assert code == 0, err
+    assert "generating a synthetic" in out and "train impressions" in out
+    meta = json.loads((tmp_path / ".cache/eain/prepared/default/meta.json").read_text())
+    assert meta["counts"]["read"]["records"] == 6000
+    code, out, _ = run_cli(capsys, "run", "--set", "generate.reviews=6000", "--set", "generate.users=500",
+                           "--set", "generate.items=300")
+    assert code == 0 and "using the synthetic dataset cached" in out
