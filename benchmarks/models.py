@@ -171,7 +171,7 @@ def main() -> None:
 
     torch.set_num_threads(args.threads)
     dims = (16,) if args.quick else (16, 64)
-    timing = Timing(warmup_steps=2, steps=3, repeats=3) if args.quick else Timing(warmup_steps=5, steps=10, repeats=5)
+    timing = Timing(warmup_steps=2, steps=3, repeats=3) if args.quick else Timing(warmup_steps=5, steps=8, repeats=7)
     batch = synthetic_batch(args.batch_size)
     machine = machine_info()
     results = []

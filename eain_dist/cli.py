@@ -50,7 +50,18 @@ def _parser() -> argparse.ArgumentParser:
     _config_arguments(prepare, required=False)
     prepare.set_defaults(handler=_prepare)
 
-    run = commands.add_parser("run", help="the main job: generate (if needed) -> prepare")
+    train = commands.add_parser("train", help="train a model on a prepared dataset (Ray Train)")
+    _config_arguments(train, required=False)
+    train.set_defaults(handler=_train)
+
+    evaluate = commands.add_parser("evaluate", help="exact metrics of a run's best checkpoint")
+    evaluate.add_argument("--run", required=True, help="a run directory written by `eain train`")
+    evaluate.add_argument("--split", default="test", choices=("train", "valid", "test"))
+    evaluate.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                          help="override a key of the run's config (e.g. train.num_workers=2)")
+    evaluate.set_defaults(handler=_evaluate)
+
+    run = commands.add_parser("run", help="the main job: generate (if needed) -> prepare -> train -> evaluate")
     _config_arguments(run, required=False)
     run.set_defaults(handler=_run)
     return parser
@@ -101,12 +112,41 @@ def _prepare_and_report(config: Config):
     return result
 
 
+def _train(args) -> int:
+    from eain_dist.runtime import init_ray
+    from eain_dist.train.trainer import results_table, train
+
+    config = load_config(args.config, args.set)
+    init_ray(config.ray)
+    result = train(config)
+    print(f"\nrun directory: {result.run_dir}\n{results_table(result.metrics)}")
+    return 0
+
+
+def _evaluate(args) -> int:
+    from eain_dist.runtime import init_ray
+    from eain_dist.train.trainer import evaluate_run
+
+    config = load_config(Path(args.run) / "config.yaml", args.set) if (Path(args.run) / "config.yaml").exists() else None
+    init_ray(config.ray if config else Config().ray)
+    values = evaluate_run(args.run, args.split, args.set)
+    print(json.dumps({args.split: values}, indent=2))
+    return 0
+
+
 def _run(args) -> int:
-    """The main job. Without --config: a synthetic dataset in the cache, prepared locally."""
+    """The main job. Without --config: a synthetic dataset in the cache, prepared and trained locally."""
+    from eain_dist.train.trainer import evaluate_run, results_table, train
+
     config = load_config(args.config, args.set)
     if not config.data.source:
         config = _with_synthetic_source(config)
     _prepare_and_report(config)
+    result = train(config)
+    print(f"\nrun directory: {result.run_dir}\n{results_table(result.metrics)}")
+    test = evaluate_run(str(result.run_dir), "test")
+    print(f"evaluate (best checkpoint, test split): AUC {test['auc']:.4f}, gAUC {test['gauc']:.4f}, "
+          f"logloss {test['logloss']:.4f}")
     return 0
 
 

@@ -15,7 +15,7 @@ from typing import Any
 
 import yaml
 
-from eain_dist.model.config import ModelConfig
+from eain_dist.model.config import ModelConfig, validate_model_config
 
 
 class ConfigError(ValueError):
@@ -74,6 +74,36 @@ class GenerateConfig:
 
 
 @dataclass(kw_only=True)
+class TrainConfig:
+    num_workers: int = 1
+    use_gpu: bool = False
+    cpus_per_worker: float = 1.0
+    epochs: int = 3
+    batch_size: int = 1024  # per worker
+    eval_batch_size: int = 4096
+    lr: float = 1e-3  # Adam on the dense part (and replicated tables)
+    embedding_optimizer: str = "adagrad"  # row-wise optimizer of sharded tables: adagrad or adam
+    embedding_lr: float = 0.05
+    sharded_tables: list[str] = field(default_factory=lambda: ["user", "item"])  # the rest replicated
+    early_stopping_patience: int = 2  # epochs without a better validation AUC
+    seed: int = 0
+    prefetch_batches: int = 2
+    log_every_steps: int = 50
+    run_dir: str = "runs/default"
+    storage_path: str | None = None  # Ray Train storage (local path or s3://); None = <run_dir>/ray
+    max_failures: int = 2  # worker failures to recover from (restart from the last checkpoint)
+    inject_fault_at_step: int = -1  # testing aid: rank 0... of the first attempt dies at this step
+
+
+@dataclass(kw_only=True)
+class WandbConfig:
+    project: str = "eain-dist"
+    entity: str | None = None
+    group: str | None = None
+    mode: str = "auto"  # auto (online with an API key, else offline), online, offline, disabled
+
+
+@dataclass(kw_only=True)
 class RayConfig:
     address: str | None = None  # None or "local" = single-node; else a cluster ("auto", ray://...)
     num_cpus: int | None = None  # local mode only
@@ -84,6 +114,8 @@ class Config:
     data: DataConfig = field(default_factory=DataConfig)
     sampling: SamplingConfig = field(default_factory=SamplingConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    wandb: WandbConfig = field(default_factory=WandbConfig)
     generate: GenerateConfig = field(default_factory=GenerateConfig)
     ray: RayConfig = field(default_factory=RayConfig)
 
@@ -98,6 +130,13 @@ def load_config(path: str | os.PathLike | None = None, overrides: list[str] | No
         tree = _read_yaml(Path(path))
     for item in overrides or []:
         _apply_override(tree, item)
+    config = _build(Config, tree, prefix="")
+    validate(config)
+    return config
+
+
+def load_config_dict(tree: dict[str, Any]) -> Config:
+    """A Config from `to_dict`'s output (as shipped to Ray workers), validated the same way."""
     config = _build(Config, tree, prefix="")
     validate(config)
     return config
@@ -121,6 +160,17 @@ def validate(config: Config) -> None:
     _require(sampling.negatives >= 0, "sampling.negatives must be >= 0")
     _require(sampling.strategy in ("uniform", "popularity"),
              f"sampling.strategy must be uniform or popularity, got {sampling.strategy!r}")
+    train = config.train
+    _require(train.num_workers >= 1, "train.num_workers must be >= 1")
+    _require(train.epochs >= 1 and train.batch_size >= 1, "train.epochs and train.batch_size must be >= 1")
+    _require(train.embedding_optimizer in ("adagrad", "adam"),
+             f"train.embedding_optimizer must be adagrad or adam, got {train.embedding_optimizer!r}")
+    _require(config.wandb.mode in ("auto", "online", "offline", "disabled"),
+             f"wandb.mode must be auto, online, offline or disabled, got {config.wandb.mode!r}")
+    try:
+        validate_model_config(config.model)
+    except ValueError as exc:
+        raise ConfigError(str(exc)) from None
 
 
 def _require(condition: bool, message: str) -> None:

@@ -148,12 +148,15 @@ class ShardedEmbeddingCollection(EmbeddingCollection):
         return rows[torch.argsort(order)]  # U x D, in the caller's order
 
     @torch.no_grad()
-    def step(self) -> None:
-        """Apply the row-wise optimizer to the rows served since the last step."""
+    def step(self, grad_scale: float = 1.0) -> None:
+        """Apply the row-wise optimizer to the rows served since the last step.
+
+        `grad_scale` multiplies the summed gradients (1/W when each rank's loss is a local mean).
+        """
         for shard in self.shards.values():
             rows, grads = _sum_by_row(shard)
             if len(rows):
-                self.optimizer.update(shard.weight, shard.state, rows, grads)
+                self.optimizer.update(shard.weight, shard.state, rows, grads * grad_scale)
             shard.pending.clear()
 
     def zero_grad_shards(self) -> None:
