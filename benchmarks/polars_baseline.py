@@ -35,6 +35,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import shutil
 import time
 from dataclasses import asdict, dataclass
@@ -360,6 +361,8 @@ def main() -> None:
     parser.add_argument("--max-history", type=int, default=50)
     parser.add_argument("--negatives", type=int, default=1)
     args = parser.parse_args()
+    if os.environ.get("POLARS_MAX_THREADS"):  # the same thread budget for pyarrow's Parquet writer
+        pa.set_cpu_count(int(os.environ["POLARS_MAX_THREADS"]))
     result = prepare(_files(args.reviews), _files(args.meta) if args.meta else [], args.out,
                      Settings(max_history=args.max_history, negatives=args.negatives))
     print(json.dumps({k: result[k] for k in ("seconds", "reviews_per_s", "splits", "stages_s")}))
