@@ -44,7 +44,6 @@ from pathlib import Path
 import numpy as np
 import polars as pl
 import pyarrow as pa
-import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 MIN_SECONDS, MAX_SECONDS = 631_152_000, 4_102_444_800  # 1990..2100, as eain_dist.data.formats
@@ -53,6 +52,7 @@ EPOCH_WEEKDAY = 3  # 1970-01-01 was a Thursday
 REQUEST_SHIFT = 24  # as eain_dist.data.pipeline
 MAX_REDRAWS = 64
 SPLITS = ("train", "valid", "test")
+PARTS = (*SPLITS, "vocab", "meta.json")
 SPLIT_SCHEMA = pa.schema([
     ("label", pa.float32()), ("user", pa.int64()), ("item", pa.int64()), ("category", pa.int64()),
     ("hour", pa.int64()), ("weekday", pa.int64()), ("gap", pa.int64()),
@@ -92,7 +92,7 @@ def prepare(reviews: list[str], meta: list[str], output: str | Path, settings: S
     """Run every step; returns meta.json's content (counts, split rows, per-stage seconds)."""
     started = time.perf_counter()
     out = Path(output)
-    shutil.rmtree(out, ignore_errors=True)
+    _clear(out)
     (out / "vocab").mkdir(parents=True)
     clock, counts = Clock(log), {}
 
@@ -126,6 +126,16 @@ def prepare(reviews: list[str], meta: list[str], output: str | Path, settings: S
     (out / "meta.json").write_text(json.dumps(meta_json, indent=2) + "\n")
     log(f"polars: wrote {sum(counts['impressions'].values()):,} impressions to {out} in {seconds:.1f}s")
     return meta_json
+
+
+def _clear(out: Path) -> None:
+    """Remove a previous prepared dataset here; refuse to touch any other folder (as `eain prepare`)."""
+    entries = {p.name for p in out.iterdir()} if out.is_dir() else set()
+    if entries and "meta.json" not in entries and not entries <= set(PARTS):
+        raise SystemExit(f"{out} exists and is not a prepared dataset; choose an empty folder")
+    for name in entries & set(PARTS):
+        target = out / name
+        shutil.rmtree(target) if target.is_dir() else target.unlink()
 
 
 # ----------------------------------------------------------------------------- reading

@@ -10,8 +10,11 @@ Memory, sampled every 0.2 s while the subprocess runs, minus the idle value just
 - system: psutil's used memory + what /dev/shm holds (Ray's object store lives there, and
   psutil counts shared memory as cache, not as used);
 - tree RSS: the summed RSS of the subprocess and all its descendants (Ray's raylet, GCS and
-  workers); pages of the object store mapped by several processes count once per process.
-Ray's object store size is read from the raylet's command line (`--object_store_memory`).
+  workers); pages of the object store mapped by several processes count once per process;
+- tree PSS: the same with shared pages divided among their sharers: the tree's own footprint,
+  object store included, unmoved by other processes on the machine.
+Ray's object store size is read from the raylet's command line (`--object_store_memory`), and
+its use from the blocks allocated to the /dev/shm file that the raylet maps for it.
 
     python benchmarks/prepare.py [--sizes 1000000,2000000,5000000] [--cpus 1,2] [--work DIR]
 
@@ -97,9 +100,12 @@ class MemorySampler(threading.Thread):
         super().__init__(daemon=True)
         self.root, self.baseline = root, baseline
         self.stop_event = threading.Event()
-        self.peak_system = self.peak_tree_rss = self.peak_shm = 0
+        self.peak_system = self.peak_tree_rss = self.peak_tree_pss = self.peak_shm = self.peak_store = 0
         self.shm_baseline = shutil.disk_usage("/dev/shm").used
         self.object_store_bytes: int | None = None
+        self.raylet: psutil.Process | None = None
+        self.store_maps: list[str] = []  # /proc/<raylet>/map_files entries of the object store's file(s)
+        self.samples = 0
         self.seen: dict[int, psutil.Process] = {}
 
     def run(self) -> None:
@@ -114,21 +120,43 @@ class MemorySampler(threading.Thread):
             tree = [self.root, *self.root.children(recursive=True)]
         except psutil.NoSuchProcess:
             return
-        rss = 0
+        rss = pss = 0
         for process in tree:
             try:
-                rss += process.memory_info().rss
+                memory = process.memory_full_info()
+                rss, pss = rss + memory.rss, pss + memory.pss
                 if process.pid not in self.seen:
                     self.seen[process.pid] = process
                     self._object_store_of(process)
             except psutil.Error:
                 continue
         self.peak_tree_rss = max(self.peak_tree_rss, rss)
+        self.peak_tree_pss = max(self.peak_tree_pss, pss)
+        self.peak_store = max(self.peak_store, self._store_allocated())
+        self.samples += 1
+
+    def _store_allocated(self) -> int:
+        """Bytes allocated to this run's object store: the blocks of the /dev/shm file the raylet maps
+        (other Ray instances on the machine share /dev/shm, not this file)."""
+        if self.raylet is None:
+            return 0
+        try:
+            if not self.store_maps or self.samples % 25 == 0:  # new mappings appear as the store grows
+                self.store_maps = [f"/proc/{self.raylet.pid}/map_files/{m.addr}"
+                                   for m in self.raylet.memory_maps(grouped=False) if "plasma" in m.path]
+            files = {}
+            for path in self.store_maps:
+                stat = os.stat(path)
+                files[stat.st_ino] = stat.st_blocks * 512
+            return sum(files.values())
+        except (OSError, psutil.Error):
+            return 0
 
     def _object_store_of(self, process: psutil.Process) -> None:
         for arg in process.cmdline():
             if arg.startswith("--object_store_memory="):
                 self.object_store_bytes = int(arg.split("=", 1)[1])
+                self.raylet = process
 
     def finish(self) -> None:
         self.stop_event.set()
@@ -153,7 +181,9 @@ def measure(command: list[str], env: dict, log_path: Path) -> dict:
         raise RuntimeError(f"{shlex.join(command)} failed ({returncode}); its output is in {log_path}:\n"
                            + output[-3000:])
     return {"wall_s": round(wall, 2), "peak_system_mib": round(sampler.peak_system / MIB),
-            "peak_tree_rss_mib": round(sampler.peak_tree_rss / MIB), "peak_dev_shm_mib": round(sampler.peak_shm / MIB),
+            "peak_tree_rss_mib": round(sampler.peak_tree_rss / MIB),
+            "peak_tree_pss_mib": round(sampler.peak_tree_pss / MIB),
+            "peak_object_store_mib": round(sampler.peak_store / MIB), "peak_dev_shm_mib": round(sampler.peak_shm / MIB),
             "idle_system_mib": round(baseline / MIB), "object_store_bytes": sampler.object_store_bytes,
             "load_avg_1m_before": round(load_before, 2), "load_avg_1m_after": round(os.getloadavg()[0], 2),
             "output": output}
@@ -304,19 +334,24 @@ def _memory_section(report: dict, by_key: dict) -> list[str]:
     lines = [
         "## Peak memory",
         "",
-        "MiB above the idle value measured just before each run, sampled every 0.2 s. System = psutil's used "
-        "memory + /dev/shm (it also moves with other processes on the machine); tree RSS = summed RSS of the "
-        "command and its descendants (object-store pages mapped by several Ray processes count once per process; "
-        "the idle Ray processes alone hold about 1.5-2 GiB); /dev/shm = growth of the tmpfs that holds Ray's "
-        "object store.",
+        "Peak MiB, sampled every 0.2 s. System = psutil's used memory + /dev/shm, above the idle value just "
+        "before the run (it also moves with every other process on this shared machine, so it is noisy); "
+        "tree RSS = summed RSS of the command and its descendants (object-store pages mapped by several Ray "
+        "processes count once per process); tree PSS = the same with shared pages divided among their sharers, "
+        "the tree's own footprint, object store included (the steadiest of the three); object store = bytes "
+        "allocated to this run's object store (its /dev/shm file); /dev/shm = growth of the whole tmpfs (other "
+        "engineers' Ray instances use it too). Ray's idle processes "
+        "alone account for roughly 1.5-2 GiB of tree RSS.",
         "",
-        "| reviews | CPUs | eain system | eain tree RSS | eain /dev/shm | polars system | polars tree RSS |",
-        "|---:|---:|---:|---:|---:|---:|---:|",
+        "| reviews | CPUs | eain system | eain tree RSS | eain tree PSS | eain object store | "
+        "eain /dev/shm | polars system | polars tree RSS | polars tree PSS |",
+        "|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for row in report["comparisons"]:
         e, p = by_key[("eain", row["reviews"], row["cpus"], False)], by_key[("polars", row["reviews"], row["cpus"], False)]
         lines.append(f"| {row['reviews']:,} | {row['cpus']} | {e['peak_system_mib']:,} | {e['peak_tree_rss_mib']:,} | "
-                     f"{e['peak_dev_shm_mib']:,} | {p['peak_system_mib']:,} | {p['peak_tree_rss_mib']:,} |")
+                     f"{e['peak_tree_pss_mib']:,} | {e['peak_object_store_mib']:,} | {e['peak_dev_shm_mib']:,} | "
+                     f"{p['peak_system_mib']:,} | {p['peak_tree_rss_mib']:,} | {p['peak_tree_pss_mib']:,} |")
     lines += ["", f"Ray's object store: {_gib(store)}: Ray's default, 30% of the memory available at start. Ray "
                   "Data's streaming executor keeps its in-flight blocks under half of it, but a `materialize()`d "
                   "dataset stays in the store until it is released, and spills to disk once the store is full."]
@@ -325,28 +360,28 @@ def _memory_section(report: dict, by_key: dict) -> list[str]:
                   key=lambda r: r["reviews"])
     if len(eain) >= 2 and store:
         first, last = eain[0], eain[-1]
-        per_million = (last["peak_dev_shm_mib"] - first["peak_dev_shm_mib"]) / ((last["reviews"] - first["reviews"]) / 1e6)
-        system_per_million = (last["peak_system_mib"] - first["peak_system_mib"]) / ((last["reviews"] - first["reviews"]) / 1e6)
-        full = max(r["peak_dev_shm_mib"] for r in eain) * MIB >= 0.9 * store
-        lines += ["", f"With {cpus} CPUs, eain's peak /dev/shm grows by about {per_million:,.0f} MiB and its peak "
-                      f"system memory by about {system_per_million:,.0f} MiB per million reviews, from "
-                      f"{first['reviews']:,} to {last['reviews']:,} reviews. "
-                  + ("The object store filled up, so above that size memory is bounded by it (and spills)."
-                     if full else
-                     f"The store never filled (largest peak {max(r['peak_dev_shm_mib'] for r in eain):,} MiB of "
-                     f"{store / MIB:,.0f} MiB), so in this range memory is NOT bounded by the store: it grows with "
-                     "the input, because the pipeline materializes whole intermediate datasets (items, by_user, "
-                     "impressions) in the store. It is bounded by the store only above about "
-                     f"{store / MIB / max(per_million, 1):,.1f}M reviews, where spilling to disk starts.")]
+        millions = (last["reviews"] - first["reviews"]) / 1e6
+        per_million = {key: (last[key] - first[key]) / millions for key in ("peak_tree_pss_mib", "peak_object_store_mib")}
+        high_water = max(r["peak_object_store_mib"] for r in eain)
+        lines += ["", f"With {cpus} CPUs, from {first['reviews']:,} to {last['reviews']:,} reviews, eain's peak tree "
+                      f"PSS grows by about {per_million['peak_tree_pss_mib']:,.0f} MiB and the object store's "
+                      f"high-water mark by about {per_million['peak_object_store_mib']:,.0f} MiB per million reviews. "
+                  + ("The store filled up: above that size memory is bounded by it (and spills to disk)."
+                     if high_water * MIB >= 0.9 * store else
+                     f"The store never filled (at most {high_water:,} of {store / MIB:,.0f} MiB), so in this range "
+                     "memory is not bounded by the store but grows with the input; at this rate the store would "
+                     f"fill at about {store / MIB / max(per_million['peak_object_store_mib'], 1):,.1f}M reviews, "
+                     "after which it spills to disk.")]
     for r in (r for r in runs if r.get("capped")):
         uncapped = by_key.get(("eain", r["reviews"], r["cpus"], False))
         lines += ["", f"Capped store: `RAY_DEFAULT_OBJECT_STORE_MAX_MEMORY_BYTES={r['capped']}` (the CLI has no option "
                       f"for it; Ray reads this variable when it starts) gives a {_gib(r['object_store_bytes'])} store. "
                       f"{r['reviews']:,} reviews, {r['cpus']} CPUs: {r['wall_s']:.1f} s wall ({r['reviews_per_s']:,} "
                       f"reviews/s), peak system {r['peak_system_mib']:,} MiB, tree RSS {r['peak_tree_rss_mib']:,} MiB, "
-                      f"/dev/shm {r['peak_dev_shm_mib']:,} MiB"
+                      f"tree PSS {r['peak_tree_pss_mib']:,} MiB, object store {r['peak_object_store_mib']:,} MiB"
                   + (f" (uncapped: {uncapped['wall_s']:.1f} s, {uncapped['peak_system_mib']:,} / "
-                     f"{uncapped['peak_tree_rss_mib']:,} / {uncapped['peak_dev_shm_mib']:,} MiB)." if uncapped else ".")]
+                     f"{uncapped['peak_tree_rss_mib']:,} / {uncapped['peak_tree_pss_mib']:,} / "
+                     f"{uncapped['peak_object_store_mib']:,} MiB)." if uncapped else ".")]
     return lines + [""]
 
 

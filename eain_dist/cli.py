@@ -61,6 +61,12 @@ def _parser() -> argparse.ArgumentParser:
                           help="override a key of the run's config (e.g. train.num_workers=2)")
     evaluate.set_defaults(handler=_evaluate)
 
+    tune = commands.add_parser("tune", help="a Ray Tune search over the trainer (ASHA, W&B)")
+    _config_arguments(tune, required=False)
+    tune.add_argument("--resume", action="store_true",
+                      help="continue the interrupted search in tune.output (same as tune.resume=true)")
+    tune.set_defaults(handler=_tune)
+
     run = commands.add_parser("run", help="the main job: generate (if needed) -> prepare -> train -> evaluate")
     _config_arguments(run, required=False)
     run.set_defaults(handler=_run)
@@ -131,6 +137,23 @@ def _evaluate(args) -> int:
     init_ray(config.ray if config else Config().ray)
     values = evaluate_run(args.run, args.split, args.set)
     print(json.dumps({args.split: values}, indent=2))
+    return 0
+
+
+def _tune(args) -> int:
+    from eain_dist.runtime import init_ray
+    from eain_dist.tune import results_table, run_search, validate_search_space
+
+    config = load_config(args.config, args.set)
+    validate_search_space(config)  # before Ray starts: a bad search space is a one-line error
+    init_ray(config.ray)
+    result = run_search(config, resume=args.resume)
+    print(f"\n{results_table(result.rows)}")
+    if result.interrupted:
+        return 130
+    best = result.best
+    print(f"\nbest trial {best['trial_id']}: {best['metric']} {best[best['metric']]:.4f} at epoch {best['epoch']}\n"
+          f"  config:     {config.tune.output}/best.yaml\n  checkpoint: {best['checkpoint']}")
     return 0
 
 

@@ -110,6 +110,25 @@ class RayConfig:
 
 
 @dataclass(kw_only=True)
+class TuneConfig:
+    """`eain tune`: a Ray Tune search over the trainer (eain_dist/tune.py, configs/tune.yaml)."""
+
+    name: str = "eain-search"  # Tune's experiment folder under `output`, and the W&B group
+    output: str = "runs/tune"  # experiment state, one run directory per trial, best.yaml, results
+    num_samples: int = 8  # trials drawn from the search space
+    max_concurrent: int = 0  # 0 = derived: cluster CPUs (and GPUs) / what one trial needs
+    metric: str = "valid_auc"  # any per-epoch metric of the trainer: {valid,test}_{auc,gauc,logloss}
+    mode: str = "max"  # max or min
+    grace_period: int = 1  # ASHA: epochs every trial runs before it may be stopped
+    reduction_factor: int = 3  # ASHA: the best 1/reduction_factor of a rung go on
+    seed: int | None = 0  # random-search sampling; None = a different draw each time
+    resume: bool = False  # continue the interrupted search in `output` (or `eain tune --resume`)
+    # config key -> distribution, e.g. `train.lr: {type: loguniform, lower: 1.0e-4, upper: 1.0e-2}`;
+    # types: loguniform, uniform (lower, upper), randint (lower, upper exclusive), choice (values).
+    search_space: dict[str, dict[str, Any]] = field(default_factory=dict)
+
+
+@dataclass(kw_only=True)
 class Config:
     data: DataConfig = field(default_factory=DataConfig)
     sampling: SamplingConfig = field(default_factory=SamplingConfig)
@@ -118,6 +137,7 @@ class Config:
     wandb: WandbConfig = field(default_factory=WandbConfig)
     generate: GenerateConfig = field(default_factory=GenerateConfig)
     ray: RayConfig = field(default_factory=RayConfig)
+    tune: TuneConfig = field(default_factory=TuneConfig)
 
 
 FORMATS = ("auto", "amazon2014", "amazon2018", "amazon2023", "ratings_csv", "interactions_tsv")
@@ -167,10 +187,21 @@ def validate(config: Config) -> None:
              f"train.embedding_optimizer must be adagrad or adam, got {train.embedding_optimizer!r}")
     _require(config.wandb.mode in ("auto", "online", "offline", "disabled"),
              f"wandb.mode must be auto, online, offline or disabled, got {config.wandb.mode!r}")
+    _validate_tune(config.tune)
     try:
         validate_model_config(config.model)
     except ValueError as exc:
         raise ConfigError(str(exc)) from None
+
+
+def _validate_tune(tune: TuneConfig) -> None:
+    # The search space itself is checked against the whole Config by eain_dist.tune (each value
+    # is applied and validated), since that needs a built Config.
+    _require(tune.mode in ("max", "min"), f"tune.mode must be max or min, got {tune.mode!r}")
+    _require(tune.num_samples >= 1, "tune.num_samples must be >= 1")
+    _require(tune.max_concurrent >= 0, "tune.max_concurrent must be >= 0 (0 = derived from the cluster)")
+    _require(tune.grace_period >= 1, "tune.grace_period must be >= 1 epoch")
+    _require(tune.reduction_factor >= 2, "tune.reduction_factor must be >= 2")
 
 
 def _require(condition: bool, message: str) -> None:
@@ -244,6 +275,12 @@ def _coerce_scalar(option: Any, value: Any) -> Any:
         (inner, *_) = typing.get_args(option) or (Any,)
         items = [_coerce_scalar(inner, v) for v in value]
         return _NO_MATCH if any(i is _NO_MATCH for i in items) else origin(items)
+    if origin is dict:
+        if not isinstance(value, dict):
+            return _NO_MATCH
+        key_type, value_type = typing.get_args(option) or (Any, Any)
+        pairs = [(_coerce_scalar(key_type, k), _coerce_scalar(value_type, v)) for k, v in value.items()]
+        return _NO_MATCH if any(k is _NO_MATCH or v is _NO_MATCH for k, v in pairs) else dict(pairs)
     if option is Any:
         return value
     if option is bool:

@@ -91,12 +91,38 @@ def test_malformed_records_within_the_limit_are_counted_not_lost(tmp_path, capsy
 @pytest.mark.slow
 def test_eain_run_main_job(tmp_path, capsys, monkeypatch, ray_local):
     monkeypatch.chdir(tmp_path)
-    code, out, err = run_cli(capsys, "run", "--set", "generate.reviews=6000", "--set", "generate.users=500",
-                             "--set", "generate.items=300")
+    small = ["--set", "generate.reviews=6000", "--set", "generate.users=500", "--set", "generate.items=300",
+             "--set", "train.epochs=1", "--set", "wandb.mode=disabled"]
+    code, out, err = run_cli(capsys, "run", *small)
     assert code == 0, err
     assert "generating a synthetic" in out and "train impressions" in out
     meta = json.loads((tmp_path / ".cache/eain/prepared/default/meta.json").read_text())
     assert meta["counts"]["read"]["records"] == 6000
-    code, out, _ = run_cli(capsys, "run", "--set", "generate.reviews=6000", "--set", "generate.users=500",
-                           "--set", "generate.items=300")
-    assert code == 0 and "using the synthetic dataset cached" in out
+    metrics = json.loads((tmp_path / "runs/default/metrics.json").read_text())
+    assert f"test |   {metrics['test']['auc']:.4f}" in out
+    # `eain evaluate` of the best checkpoint reproduces the run's test metrics exactly.
+    assert f"AUC {metrics['test']['auc']:.4f}, gAUC {metrics['test']['gauc']:.4f}" in out
+    assert (tmp_path / "runs/default/curves.png").exists() and (tmp_path / "runs/default/config.yaml").exists()
+
+
+def test_run_generates_the_synthetic_dataset_once(tmp_path, capsys, monkeypatch):
+    from eain_dist.cli import _with_synthetic_source
+    from eain_dist.config import load_config
+
+    monkeypatch.chdir(tmp_path)
+    config = load_config(overrides=["generate.reviews=500", "generate.users=50", "generate.items=40"])
+    first = _with_synthetic_source(config)
+    assert "generating" in capsys.readouterr().out
+    second = _with_synthetic_source(config)
+    assert "using the synthetic dataset cached" in capsys.readouterr().out
+    assert first.data.source == second.data.source and first.data.format == "amazon2023"
+
+
+def test_local_ray_binds_loopback(ray_local):
+    assert {node["NodeManagerAddress"] for node in ray_local.nodes()} == {"127.0.0.1"}
+
+
+def test_default_yaml_spells_out_the_embedded_default():
+    from eain_dist.config import Config, load_config
+
+    assert load_config(ROOT / "configs" / "default.yaml") == Config()

@@ -17,7 +17,6 @@ import torch.multiprocessing as mp
 from eain_dist.config import load_config
 from eain_dist.distributed import checkpoint
 from eain_dist.train import steps
-from tests.wandb_records import read_run
 
 pytestmark = pytest.mark.slow
 MAX_HISTORY = 6
@@ -192,6 +191,8 @@ def test_worker_crash_resumes_from_checkpoint_and_wandb_logs(tiny_prepared, ray_
     written = json.loads((run_dir / "metrics.json").read_text())
     assert set(written) >= {"valid", "test", "train", "world_size", "model"}
     # W&B (offline) wrote real run files on rank 0 only: one per attempt (the crash restarted it).
+    from wandb_records import read_run
+
     runs = sorted(run_dir.glob("wandb/offline-run-*/run-*.wandb"))
     assert len(runs) == 2
     history, summary = read_run(runs[-1])

@@ -2,9 +2,10 @@
 
 The plan (every heavy step is a Ray Data operator; the driver only sees small summaries):
 
-  files --read (one task per file, streaming)--> (user, item, timestamp)
-        --[join item metadata]-- hash-partitioned by item
-        --item stage: dedupe (user, item) keeping the earliest, item counts, min-count filter
+  files --read (one task per file, streaming)--> (user, item, timestamp) + metadata (item, category)
+        --hash-partitioned by item (reviews and metadata together: the join is local)
+        --item stage: dedupe (user, item) keeping the earliest, item counts, min-count filter,
+          each item's category
         --item vocabulary (frequency ranks from per-partition histograms), category vocabulary
         --hash-partitioned by user (repartition with keys)
         --user stage: min-count filter, user vocabulary, time order, histories, split,
@@ -68,8 +69,8 @@ def prepare(config: Config, log=print) -> PrepareResult:
     output.clear()
 
     clock = _StageClock(log)
-    interactions = _read(files, data.format, "interactions", config, counters)
-    items = interactions.repartition(partitions, keys=["item"]).map_batches(
+    records = _read_with_meta(files, meta_files, config, counters)
+    items = records.repartition(partitions, keys=["item"]).map_batches(
         _item_stage, batch_size=None, batch_format="pyarrow",
         fn_kwargs={"min_count": data.min_item_count, "counters": counters}).materialize()
     read = ray.get(counters.snapshot.remote())
@@ -79,7 +80,7 @@ def prepare(config: Config, log=print) -> PrepareResult:
         items = _k_core(items, data, counters, partitions)
         clock.done(f"k-core: every user has >= {data.min_user_count}, every item >= {data.min_item_count} reviews")
 
-    item_vocab = _item_vocabulary(items, meta_files, config, counters, output)
+    item_vocab = _item_vocabulary(items, config, output)
     clock.done(f"{item_vocab.num_items - 1:,} items, {item_vocab.num_categories - 1:,} categories")
     indexed = items.map_batches(_index_items, batch_size=None, batch_format="pyarrow",
                                 fn_kwargs={"item_vocab": item_vocab})
@@ -168,23 +169,37 @@ def _read_files(batch: pa.Table, *, fmt: str, kind: str, config: Config, counter
             ray.get(counters.add.remote("meta", {"records": log.total_records(), "rejects": log.total_rejects()}))
 
 
-def _item_meta(meta_files: list[str], config: Config, counters, partitions: int):
-    """(item, category) of the metadata files, one row per item."""
-    meta = _read(meta_files, _meta_format(config.data.format), "meta", config, counters)
-    return meta.select_columns(["item", "category"]).repartition(partitions, keys=["item"]).map_batches(
-        _first_meta_per_item, batch_size=None, batch_format="pyarrow", fn_kwargs={"counters": counters})
+RECORD_SCHEMA = pa.schema([("user", pa.string()), ("item", pa.string()), ("timestamp", pa.int64()),
+                           ("category", pa.string())])
+
+
+def _read_with_meta(files: list[str], meta_files: list[str], config: Config, counters):
+    """Reviews and item metadata as one dataset of records (metadata rows have no user)."""
+    reviews = _read(files, config.data.format, "interactions", config, counters).map_batches(
+        _as_records, batch_format="pyarrow")
+    if not meta_files:
+        return reviews
+    meta = _read(meta_files, _meta_format(config.data.format), "meta", config, counters).map_batches(
+        _as_records, batch_format="pyarrow")
+    return reviews.union(meta)
+
+
+def _as_records(table: pa.Table) -> pa.Table:
+    columns = {name: table[name] if name in table.column_names else pa.nulls(table.num_rows, field.type)
+               for name, field in zip(RECORD_SCHEMA.names, RECORD_SCHEMA)}
+    return pa.table(columns, schema=RECORD_SCHEMA)
 
 
 def _meta_format(fmt: str) -> str:
     return fmt if fmt != "ratings_csv" else "auto"
 
 
-def _first_meta_per_item(table: pa.Table, *, counters) -> pa.Table:
-    """Metadata files repeat some items; a repeat must not duplicate the item's vocabulary row."""
-    _, codes, _ = _distinct(table["item"])
+def _item_categories(meta: pa.Table, counters) -> pa.Table:
+    """(item, category) once per item: metadata files repeat some items (the first one wins)."""
+    _, codes, _ = _distinct(meta["item"])
     _, first = np.unique(codes, return_index=True)
-    _add(counters, "meta", duplicate_items=table.num_rows - len(first))
-    return table.take(np.sort(first))
+    _add(counters, "meta", items=len(first), duplicate_items=meta.num_rows - len(first))
+    return meta.select(["item", "category"]).take(np.sort(first))
 
 
 def _partition_count(files: list[str], data, resources: dict) -> int:
@@ -218,7 +233,11 @@ def _check_rejects(counts: dict, data, output: "_Output") -> None:
 
 
 def _item_stage(table: pa.Table, *, min_count: int, counters) -> pa.Table:
-    """One item partition: dedupe (user, item) keeping the earliest review, count, filter."""
+    """One item partition: dedupe (user, item) keeping the earliest review, count, filter, and
+    attach each item's category from the metadata rows of the same partition."""
+    is_review = pc.is_valid(table["user"])
+    categories = _item_categories(table.filter(pc.invert(is_review)), counters)
+    table = table.filter(is_review)
     _, item_code, _ = _distinct(table["item"])
     _, user_code, _ = _distinct(table["user"])
     order = np.lexsort((table["timestamp"].to_numpy(), user_code, item_code))
@@ -230,7 +249,15 @@ def _item_stage(table: pa.Table, *, min_count: int, counters) -> pa.Table:
     _add(counters, "dedupe", rows_in=table.num_rows, duplicates=table.num_rows - len(kept_rows))
     _add(counters, "min_item_count", items_dropped=len(np.unique(item_code[~keep])), rows_dropped=int((~keep).sum()))
     table = table.select(["user", "item", "timestamp"]).take(kept_rows[keep])
-    return table.append_column("item_count", pa.array(item_counts[keep], pa.int64()))
+    table = table.append_column("item_count", pa.array(item_counts[keep], pa.int64()))
+    return _with_categories(table, categories)
+
+
+def _with_categories(table: pa.Table, categories: pa.Table) -> pa.Table:
+    if categories.num_rows == 0:
+        return table.append_column("category", pa.nulls(table.num_rows, pa.string()))
+    found = pc.index_in(table["item"], value_set=categories["item"])
+    return table.append_column("category", pc.take(categories["category"], found))
 
 
 def _k_core(items, data, counters, partitions: int):
@@ -282,8 +309,8 @@ class ItemVocabulary:
     item_category: object  # ObjectRef of an int32 array: the category of each item index
 
 
-def _item_vocabulary(items, meta_files: list[str], config: Config, counters, output: "_Output") -> ItemVocabulary:
-    """Number the items of their partitions, then attach categories to the (small) vocabulary."""
+def _item_vocabulary(items, config: Config, output: "_Output") -> ItemVocabulary:
+    """Number the items of their partitions; categories by frequency; each item's category."""
     data = config.data
     offsets = None
     if data.vocab == "exact":
@@ -293,25 +320,13 @@ def _item_vocabulary(items, meta_files: list[str], config: Config, counters, out
     rows = items.map_batches(_item_vocab_rows, batch_size=None, batch_format="pyarrow",
                              fn_kwargs={"offsets": offsets, "num_items": num_items}).materialize()
     if data.vocab == "exact":
-        output.write_dataset("vocab/item.parquet", rows)
-    with_category = _join_categories(rows, meta_files, config, counters, rows.num_blocks())
-    categories = _category_vocabulary(_collect(with_category.map_batches(
+        output.write_dataset("vocab/item.parquet", rows.select_columns(["raw", "index", "count"]))
+    categories = _category_vocabulary(_collect(rows.map_batches(
         _category_counts, batch_size=None, batch_format="pyarrow")), data.vocab, data.category_buckets)
     output.write_table("vocab/category.parquet", categories)
     num_categories = categories.num_rows + 1 if data.vocab == "exact" else data.category_buckets
-    item_category = _assemble_item_categories(with_category, categories, num_items, data.vocab, num_categories)
+    item_category = _assemble_item_categories(rows, categories, num_items, data.vocab, num_categories)
     return ItemVocabulary(num_items, num_categories, offsets, ray.put(item_category))
-
-
-def _join_categories(rows, meta_files: list[str], config: Config, counters, partitions: int):
-    """(index, count, category raw) of every item; a join over items only, not reviews."""
-    if not meta_files:
-        return rows.map_batches(lambda t: t.append_column("category", pa.nulls(t.num_rows, pa.string())),
-                                batch_format="pyarrow")
-    meta = _item_meta(meta_files, config, counters, partitions)
-    joined = rows.rename_columns({"raw": "item"}).join(meta, join_type="left_outer", num_partitions=partitions,
-                                                       on=("item",))
-    return joined.materialize()
 
 
 def _collect(dataset) -> pa.Table:
@@ -339,16 +354,16 @@ def _category_vocabulary(counts: pa.Table, mode: str, buckets: int) -> pa.Table:
 
 
 def _item_histogram(table: pa.Table) -> pa.Table:
-    items, counts = _distinct_items(table)
+    items, counts, _ = _distinct_items(table)
     return vocab.count_histogram(vocab.partition_id(items), counts)
 
 
-def _distinct_items(table: pa.Table) -> tuple[pa.Array, np.ndarray]:
-    """Distinct items of an item partition with their counts (computed by the item stage)."""
+def _distinct_items(table: pa.Table) -> tuple[pa.Array, np.ndarray, pa.Array]:
+    """Distinct items of an item partition with their counts and categories (item stage)."""
     items, codes, _ = _distinct(table["item"])
-    counts = np.zeros(len(items), np.int64)
-    counts[codes] = table["item_count"].to_numpy()
-    return items, counts
+    first = np.zeros(len(items), np.int64)
+    first[codes[::-1]] = np.arange(len(codes))[::-1]  # a row of each item
+    return items, table["item_count"].to_numpy()[first], pc.take(table["category"], first)
 
 
 def _item_indices(items: pa.Array, counts: np.ndarray, offsets, num_items: int) -> np.ndarray:
@@ -358,8 +373,9 @@ def _item_indices(items: pa.Array, counts: np.ndarray, offsets, num_items: int) 
 
 
 def _item_vocab_rows(table: pa.Table, *, offsets, num_items: int) -> pa.Table:
-    items, counts = _distinct_items(table)
-    return pa.table({"raw": items, "index": _item_indices(items, counts, offsets, num_items), "count": counts})
+    items, counts, categories = _distinct_items(table)
+    return pa.table({"raw": items, "index": _item_indices(items, counts, offsets, num_items), "count": counts,
+                     "category": categories})
 
 
 def _assemble_item_categories(with_category, categories: pa.Table, num_items: int, mode: str,
@@ -382,7 +398,7 @@ def _category_index(raw, categories: pa.Table, mode: str, num_categories: int) -
 
 def _index_items(table: pa.Table, *, item_vocab: ItemVocabulary) -> pa.Table:
     """Replace raw item ids by their indices (the partition holds complete items)."""
-    items, counts = _distinct_items(table)
+    items, counts, _ = _distinct_items(table)
     index = _item_indices(items, counts, item_vocab.offsets, item_vocab.num_items)
     item = index[pc.index_in(table["item"], value_set=items).to_numpy()]
     category = ray.get(item_vocab.item_category)[item].astype(np.int64)
@@ -583,6 +599,7 @@ class _Output:
 
     def __init__(self, root: str, config: Config):
         self.root = root.rstrip("/")
+        self.rows_per_file = config.data.rows_per_file
         self.fs, self.path = filesystem_for(self.root, config.data.s3)
         self.arrow_fs, self.arrow_path = pyarrow_filesystem(self.root, config.data.s3)
 
@@ -597,7 +614,8 @@ class _Output:
             self.fs.rm(f"{self.path}/{name}", recursive=True)
 
     def write_dataset(self, name: str, dataset) -> None:
-        dataset.write_parquet(f"{self.arrow_path}/{name}", filesystem=self.arrow_fs)
+        dataset.write_parquet(f"{self.arrow_path}/{name}", filesystem=self.arrow_fs,
+                              max_rows_per_file=self.rows_per_file)
 
     def write_table(self, name: str, table: pa.Table) -> None:
         import pyarrow.parquet as pq

@@ -48,14 +48,17 @@ def datasets(config: Config) -> dict[str, ray.data.Dataset]:
     return {split: ray.data.read_parquet(f"{path}/{split}", filesystem=arrow_fs) for split in SPLITS}
 
 
-def train(config: Config, log=print) -> TrainResult:
+def train(config: Config, log=print, callbacks: list | None = None, ray_run_name: str | None = None) -> TrainResult:
+    """`callbacks`: Ray Train callbacks (Tune's TuneReportCallback). `ray_run_name`: a name that
+    already has state in Ray's storage resumes that run from its latest checkpoint (a Tune trial
+    restarted after an interruption); None = a fresh run."""
     meta = read_meta(config)
     run_dir = Path(config.train.run_dir).resolve()
     run_dir.mkdir(parents=True, exist_ok=True)
     (run_dir / "fault-injected").unlink(missing_ok=True)
     (run_dir / "config.yaml").write_text(dump_yaml(config))
-    # A fresh Ray run name each time: Ray Train resumes a run whose name already has state.
-    ray_run_name = f"{run_dir.name}-{time.strftime('%Y%m%d-%H%M%S')}"
+    # A fresh Ray run name unless the caller resumes one: Ray Train resumes a run whose name has state.
+    ray_run_name = ray_run_name or f"{run_dir.name}-{time.strftime('%Y%m%d-%H%M%S')}"
     trainer = TorchTrainer(
         train_loop_per_worker,
         train_loop_config={"config": to_dict(config), "meta": meta, "run_dir": str(run_dir),
@@ -63,7 +66,7 @@ def train(config: Config, log=print) -> TrainResult:
         scaling_config=ray.train.ScalingConfig(num_workers=config.train.num_workers, use_gpu=config.train.use_gpu,
                                                resources_per_worker=_worker_resources(config)),
         run_config=ray.train.RunConfig(
-            name=ray_run_name, storage_path=config.train.storage_path or str(run_dir / "ray"),
+            name=ray_run_name, storage_path=config.train.storage_path or str(run_dir / "ray"), callbacks=callbacks,
             failure_config=ray.train.FailureConfig(max_failures=config.train.max_failures),
             checkpoint_config=ray.train.CheckpointConfig(
                 num_to_keep=2, checkpoint_score_attribute="valid_auc", checkpoint_score_order="max")),
