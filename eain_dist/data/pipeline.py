@@ -27,6 +27,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 import ray
+import ray.data
 
 from eain_dist.config import Config, to_dict
 from eain_dist.data import formats, sampling, sequences, vocab
@@ -89,13 +90,12 @@ def prepare(config: Config, log=print) -> PrepareResult:
 
     user_offsets, num_users = _user_vocabulary(by_user, config, output)
     clock.done(f"{num_users - 1:,} users")
-    impressions = by_user.map_batches(
-        _user_stage, batch_size=None, batch_format="pyarrow",
+    output.make_split_folders()
+    by_user.map_batches(
+        _user_stage_and_write, batch_size=None, batch_format="pyarrow",
         fn_kwargs={"config": config, "user_offsets": user_offsets, "num_users": num_users,
-                   "item_vocab": item_vocab, "counters": counters}).materialize()
-    clock.done("histories, splits, context, negatives, Skive-Above")
-    _write_splits(impressions, output)
-    clock.done("wrote train / valid / test")
+                   "item_vocab": item_vocab, "counters": counters, "output": output}).materialize()
+    clock.done("histories, splits, context, negatives, Skive-Above; wrote train / valid / test")
     counts = ray.get(counters.snapshot.remote())
     split_rows = counts["impressions"]
     meta = _meta(config, files, meta_files, counts, split_rows, num_users, item_vocab)
@@ -148,8 +148,6 @@ def _add(counters, step: str, **values) -> None:
 
 
 def _read(files: list[str], fmt: str, kind: str, config: Config, counters):
-    import ray.data
-
     paths = ray.data.from_items([{"path": f} for f in files], override_num_blocks=len(files))
     return paths.map_batches(_read_files, batch_size=1, batch_format="pyarrow",
                              fn_kwargs={"fmt": fmt, "kind": kind, "config": config, "counters": counters})
@@ -179,7 +177,7 @@ def _read_with_meta(files: list[str], meta_files: list[str], config: Config, cou
         _as_records, batch_format="pyarrow")
     if not meta_files:
         return reviews
-    meta = _read(meta_files, _meta_format(config.data.format), "meta", config, counters).map_batches(
+    meta = _read(meta_files, config.data.format, "meta", config, counters).map_batches(
         _as_records, batch_format="pyarrow")
     return reviews.union(meta)
 
@@ -188,10 +186,6 @@ def _as_records(table: pa.Table) -> pa.Table:
     columns = {name: table[name] if name in table.column_names else pa.nulls(table.num_rows, field.type)
                for name, field in zip(RECORD_SCHEMA.names, RECORD_SCHEMA)}
     return pa.table(columns, schema=RECORD_SCHEMA)
-
-
-def _meta_format(fmt: str) -> str:
-    return fmt if fmt != "ratings_csv" else "auto"
 
 
 def _item_categories(meta: pa.Table, counters) -> pa.Table:
@@ -440,6 +434,16 @@ def _user_vocab_rows(table: pa.Table, *, min_count: int, offsets) -> pa.Table:
                      "count": counts[kept].astype(np.int64)})
 
 
+def _user_stage_and_write(table: pa.Table, *, output: "_Output", **stage_args) -> pa.Table:
+    """Each user partition writes its own Parquet part of every split (no second pass)."""
+    impressions = _user_stage(table, **stage_args)
+    part = f"part-{vocab.partition_id(table['user']):020d}"
+    split = impressions["split"].to_numpy()
+    for k, name in enumerate(sequences.SPLIT_NAMES):
+        output.write_part(name, part, impressions.filter(split == k).drop_columns(["split"]))
+    return pa.table({"rows": [impressions.num_rows]})
+
+
 def _user_stage(table: pa.Table, *, config: Config, user_offsets, num_users: int,
                 item_vocab: ItemVocabulary, counters) -> pa.Table:
     """One user partition -> impressions of all three splits (column `split`)."""
@@ -559,11 +563,6 @@ def _list_column(matrix: np.ndarray, width: int) -> pa.Array:
 # ----------------------------------------------------------------------------- output
 
 
-def _write_splits(impressions, output: "_Output") -> None:
-    for k, name in enumerate(sequences.SPLIT_NAMES):
-        output.write_dataset(name, impressions.filter(expr=f"split == {k}").drop_columns(["split"]))
-
-
 def _meta(config: Config, files, meta_files, counts: dict, split_rows: dict, num_users: int,
           item_vocab: ItemVocabulary) -> dict:
     return {
@@ -616,6 +615,18 @@ class _Output:
     def write_dataset(self, name: str, dataset) -> None:
         dataset.write_parquet(f"{self.arrow_path}/{name}", filesystem=self.arrow_fs,
                               max_rows_per_file=self.rows_per_file)
+
+    def make_split_folders(self) -> None:
+        for name in sequences.SPLIT_NAMES:
+            self.fs.makedirs(f"{self.path}/{name}", exist_ok=True)
+
+    def write_part(self, folder: str, part: str, table: pa.Table) -> None:
+        """One task's rows of a split, in files of at most data.rows_per_file rows."""
+        import pyarrow.parquet as pq
+
+        for number, start in enumerate(range(0, max(table.num_rows, 1), self.rows_per_file)):
+            with self.fs.open(f"{self.path}/{folder}/{part}-{number:04d}.parquet", "wb") as handle:
+                pq.write_table(table.slice(start, self.rows_per_file), handle)
 
     def write_table(self, name: str, table: pa.Table) -> None:
         import pyarrow.parquet as pq
