@@ -292,8 +292,8 @@ def main() -> None:
     parser.add_argument("--zipf", type=float, default=1.05)
     parser.add_argument("--batches", type=int, default=8, help="distinct batches per rank, cycled")
     parser.add_argument("--warmup", type=int, default=3)
-    parser.add_argument("--lookups", type=int, default=30)
-    parser.add_argument("--steps", type=int, default=30)
+    parser.add_argument("--lookups", type=int, default=100)
+    parser.add_argument("--steps", type=int, default=100)
     parser.add_argument("--stagger", choices=("auto", "yes", "no"), default="auto",
                         help="initialise ranks one at a time (auto: when memory is short for all at once)")
     parser.add_argument("--quick", action="store_true", help="1M rows, few steps; prints, keeps the results files")
@@ -302,12 +302,12 @@ def main() -> None:
     if args.quick:
         args.rows, args.lookups, args.steps = 1_000_000, 10, 10
     assert math.gcd(HASH_MULTIPLIER % args.rows, args.rows) == 1, "the id hash must be a permutation of the rows"
-    command = "python benchmarks/scale.py " + shlex.join(sys.argv[1:])
+    command = " ".join(["python benchmarks/scale.py", *map(shlex.quote, sys.argv[1:])])
 
     shard_bytes = RowShard.rows_on(0, args.world, args.rows) * (args.dim + 1) * 4
     init_peak = 2 * shard_bytes + 512 * MIB  # randn + its scaled copy, + the process itself
     if args.stagger == "auto":
-        args.stagger = available_memory() < args.world * init_peak + 4 * GIB
+        args.stagger = available_memory() < args.world * init_peak + 6 * GIB
     else:
         args.stagger = args.stagger == "yes"
     machine = machine_info()

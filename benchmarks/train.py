@@ -14,7 +14,12 @@ batch 1024 per worker. Arms, each in a fresh subprocess, each for --epochs epoch
          Ray Data's and Ray's.
 - ray:   `eain_dist.train.trainer.train` with train.num_workers 1 and 2 on a private local Ray
          instance (`init_ray`, 127.0.0.1). Workers keep the threads Ray gives them; a wrapper
-         around `train_loop_per_worker` records torch.get_num_threads() and OMP_NUM_THREADS.
+         around `train_loop_per_worker` records torch.get_num_threads() and OMP_NUM_THREADS and
+         times the parts of each epoch (train_step, Ray Data's iterator, any_rank, to_tensors).
+         With 2 workers on 2 CPUs, train.cpus_per_worker is lowered to leave Ray Data 1 CPU (the
+         trainer's own sizing hangs there; see ray_arm).
+- raymat (experiment): ray, with the datasets materialized into the object store on the driver
+         before `fit`, to measure Ray Data's per-epoch start-up.
 
 Throughput = training samples / seconds of the training part of an epoch (the trainer's own
 per-epoch `samples_per_s` in metrics.json; the bare and steps arms time the same span: batch
@@ -38,6 +43,7 @@ import os
 import platform
 import pstats
 import shlex
+import socket
 import statistics
 import subprocess
 import sys
@@ -151,7 +157,10 @@ def steps_arm(prepared: Path, threads: int, epochs: int, profile_to: Path | None
 
     torch.set_num_threads(threads)
     os.environ.setdefault("GLOO_SOCKET_IFNAME", "lo")
-    dist.init_process_group("gloo", init_method="tcp://127.0.0.1:29533", rank=0, world_size=1)
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=0, world_size=1)
     meta = json.loads((prepared / "meta.json").read_text())
     config = Config()
     worker = build_worker(config, meta, torch.device("cpu"))
@@ -180,8 +189,8 @@ def steps_arm(prepared: Path, threads: int, epochs: int, profile_to: Path | None
 def instrumented_loop(loop_config: dict) -> dict:
     """`train_loop_per_worker`, after noting this Ray worker's threads and wrapping a few of the
     loop's module-level names with timers (a few perf_counter calls per step; no package code
-    changes): per epoch, the seconds in `train_step`, in fetching the next batch (of which
-    `any_rank` and `to_tensors`), and the epoch's own span."""
+    changes): per epoch, the seconds in `train_step`, in Ray Data's iterator (and its first batch),
+    in `any_rank` and `to_tensors`, and the epoch's own span."""
     import ray.train
     import torch
 
@@ -207,12 +216,22 @@ def instrumented_loop(loop_config: dict) -> dict:
         return wrapper
 
     def synchronized_batches(batches, worker):
-        iterator = original_batches(batches, worker)
+        def ray_data():  # the Ray Data iterator itself
+            iterator = iter(batches)
+            while True:
+                started = time.perf_counter()
+                batch = next(iterator, None)
+                timers["ray_data_next"] += time.perf_counter() - started
+                timers.setdefault("first_batch", time.perf_counter() - started)  # the epoch's start-up
+                if batch is None:
+                    return
+                yield batch
+
+        iterator = original_batches(ray_data(), worker)
         while True:
             started = time.perf_counter()
             batch = next(iterator, None)
             timers["next_batch"] += time.perf_counter() - started
-            timers.setdefault("first_batch", time.perf_counter() - started)  # Ray Data's per-epoch start-up
             if batch is None:
                 return
             yield batch
@@ -251,6 +270,13 @@ def ray_arm(prepared: Path, workers: int, epochs: int, run_dir: Path, py_spy_to:
                                 f"train.run_dir={run_dir}", "wandb.mode=disabled"])
     started = time.perf_counter()
     init_ray(RayConfig())
+    # The trainer leaves max(available - 0.5, 0.5) / N CPUs per worker: with 2 workers on 2 CPUs
+    # that is 0.75 each, 0.5 CPU free, and Ray Data's read tasks (1 CPU each) never start (the run
+    # hangs). Give the workers what leaves 1 whole CPU to Ray Data (threads stay 1 per worker).
+    cpus, override = ray.cluster_resources().get("CPU", 1), None
+    if cpus - workers * trainer._worker_resources(config)["CPU"] < 1:
+        override = (cpus - 1) / workers
+        config.train.cpus_per_worker = override
     trainer.train_loop_per_worker = instrumented_loop  # only records threads, then runs the real loop
     if materialize:
         read = trainer.datasets
@@ -273,7 +299,8 @@ def ray_arm(prepared: Path, workers: int, epochs: int, run_dir: Path, py_spy_to:
         facts["epochs"] = json.loads((run_dir / f"worker-rank{facts['rank']}-epochs.json").read_text())
     return {"history": history, "workers": workers_facts, "wall_s_including_startup_and_eval":
             time.perf_counter() - started, "cluster_cpus": resources.get("CPU"),
-            "valid_auc_best": metrics["valid"]["auc"], "py_spy": str(py_spy_to) if py_spy_to else None}
+            "valid_auc_best": metrics["valid"]["auc"], "py_spy": str(py_spy_to) if py_spy_to else None,
+            "cpus_per_worker_override": override}
 
 
 def _py_spy_rank0(run_dir: Path, out: Path) -> None:
@@ -365,13 +392,18 @@ def to_markdown(report: dict) -> str:
                               f"{w['OMP_NUM_THREADS']}, interop {w['torch_interop_threads']}" for w in row["workers"])
             lines.append(f"- {row['arm']}: {facts}; Ray cluster CPUs {row['cluster_cpus']:.0f}; whole run incl. "
                          f"start-up and evaluation {row['wall_s_including_startup_and_eval']:.0f} s.")
+            if row.get("cpus_per_worker_override"):
+                lines.append(f"  - run with `--set train.cpus_per_worker={row['cpus_per_worker_override']:g}`: with "
+                             "the trainer's own sizing (0.75 CPU per worker on 2 CPUs) only 0.5 CPU is left and Ray "
+                             "Data's Parquet read tasks (1 CPU each) never start -- the run hangs (seen here).")
             for w in row["workers"]:
                 b = epoch_breakdown(w)
                 lines.append(f"  - rank {w['rank']}, where an epoch's training span goes (epochs >= 2): train_step "
                              f"{b['train_step']:.1%} ({b['train_step_ms']:.0f} ms/step), waiting for Ray Data's next "
-                             f"batch {b['ray_data_wait']:.1%} (of which the epoch's first batch {b['first_batch']:.1%}, "
-                             f"{b['first_batch_s']:.1f} s), to_tensors {b['to_tensors']:.1%}, any_rank "
-                             f"{b['any_rank']:.1%}, other {b['other']:.1%}.")
+                             f"batch {b['ray_data_wait']:.1%} (of which the epoch's first batch "
+                             f"{b['first_batch']:.1%}, {b['first_batch_s']:.1f} s), to_tensors {b['to_tensors']:.1%}, "
+                             f"any_rank (incl. waiting for the other ranks) {b['any_rank']:.1%}, "
+                             f"other {b['other']:.1%}.")
     for r in rows:
         if r["kind"] == "bare":
             steady = [h for h in r["history"] if h["epoch"] >= 2] or r["history"]
@@ -420,7 +452,7 @@ def main() -> None:
         args.epochs = 2
     if args.profile:
         args.arms = "steps:1,ray:1"
-    command = "python benchmarks/train.py " + shlex.join(sys.argv[1:])
+    command = " ".join(["python benchmarks/train.py", *map(shlex.quote, sys.argv[1:])])
     ensure_dataset(args.work, args.reviews)
     machine = machine_info()
     meta = json.loads((prepared / "meta.json").read_text())
@@ -510,8 +542,8 @@ def epoch_breakdown(worker: dict) -> dict:
     out = {"train_step": share("train_step"), "next_batch": share("next_batch"), "any_rank": share("any_rank"),
            "to_tensors": share("to_tensors"), "first_batch": share("first_batch"),
            "first_batch_s": statistics.mean(e.get("first_batch", 0.0) for e in rows)}
-    out["ray_data_wait"] = out["next_batch"] - out["any_rank"] - out["to_tensors"]
-    out["other"] = 1.0 - out["train_step"] - out["next_batch"]
+    out["ray_data_wait"] = share("ray_data_next")
+    out["other"] = 1.0 - out["train_step"] - out["ray_data_wait"] - out["to_tensors"] - out["any_rank"]
     out["train_step_ms"] = statistics.mean(1000 * e["train_step"] / max(e.get("train_step_calls", 1), 1) for e in rows)
     return out
 

@@ -117,7 +117,7 @@ class TuneConfig:
     output: str = "runs/tune"  # experiment state, one run directory per trial, best.yaml, results
     num_samples: int = 8  # trials drawn from the search space
     max_concurrent: int = 0  # 0 = derived: cluster CPUs (and GPUs) / what one trial needs
-    metric: str = "valid_auc"  # any per-epoch metric of the trainer: {valid,test}_{auc,gauc,logloss}
+    metric: str = "valid_auc"  # valid_auc, valid_gauc or valid_logloss: ASHA's and the ranking's
     mode: str = "max"  # max or min
     grace_period: int = 1  # ASHA: epochs every trial runs before it may be stopped
     reduction_factor: int = 3  # ASHA: the best 1/reduction_factor of a rung go on

@@ -20,9 +20,10 @@ import copy
 import json
 import math
 import os
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import ray
 from ray import tune
@@ -104,7 +105,8 @@ def _extremes(key: str, spec: dict) -> list:
     wanted = DISTRIBUTIONS[kind][0]
     given = set(spec) - {"type"}
     if given != set(wanted):
-        raise ConfigError(f"tune.search_space.{key}: a {kind} takes {', '.join(wanted)}, got {', '.join(sorted(given))}")
+        raise ConfigError(f"tune.search_space.{key}: a {kind} takes {', '.join(wanted)}, "
+                          f"got {', '.join(sorted(given))}")
     if kind == "choice":
         if not isinstance(spec["values"], list) or not spec["values"]:
             raise ConfigError(f"tune.search_space.{key}: choice values must be a non-empty list")
@@ -307,13 +309,14 @@ def _absolute(path: str) -> str:
 
 def _summarise(config: Config, experiment: str, grid, log) -> SearchResult:
     search = config.tune
-    rows = sorted((_trial_row(result, search.metric, search.mode) for result in grid),
+    unfinished = _unfinished_trials(experiment)
+    trials_dir = Path(search.output) / "trials"
+    rows = sorted((_trial_row(result, unfinished, trials_dir) for result in grid),
                   key=lambda row: _sort_key(row, search.metric, search.mode))
-    unfinished = sum(row["status"] == "unfinished" for row in rows)
-    result = SearchResult(experiment, unfinished > 0, rows, best=None)
+    result = SearchResult(experiment, bool(unfinished), rows, best=None)
     _write_table(Path(search.output), rows)
     if unfinished:
-        log(f"tune: interrupted with {unfinished} trial(s) unfinished; continue with `eain tune --resume` "
+        log(f"tune: interrupted with {len(unfinished)} trial(s) unfinished; continue with `eain tune --resume` "
             "and the same config")
         return result
     reported = [row for row in rows if row.get(search.metric) is not None]
@@ -323,21 +326,49 @@ def _summarise(config: Config, experiment: str, grid, log) -> SearchResult:
     return result
 
 
-def _trial_row(result, metric: str, mode: str) -> dict:
-    """A trial at its best epoch: the epoch whose `metric` is best, its metrics and checkpoint."""
+def _unfinished_trials(experiment: str) -> set[str]:
+    """Trials the saved experiment state holds as neither finished nor failed.
+
+    Read from disk: at an interruption Tune saves the state (running trials stay resumable) and
+    then stops the running trials, which marks them terminated in the results in memory.
+    """
+    analysis = tune.ExperimentAnalysis(experiment)
+    return {trial.trial_id for trial in analysis.trials if trial.status not in ("TERMINATED", "ERROR")}
+
+
+def _trial_row(result, unfinished: set[str], trials_dir: Path) -> dict:
+    """A trial at its best epoch by the trainer's own rule (best validation AUC: the epoch its
+    early stopping and kept checkpoints go by), with that epoch's metrics and checkpoint."""
     trial_id = Path(result.path).name
-    # Tune marks a trial's last result done when it ended or was stopped; an interruption
-    # leaves it running (resumable) with its last result not done.
-    status = "error" if result.error else "done" if (result.metrics or {}).get("done") else "unfinished"
+    status = "error" if result.error else "unfinished" if trial_id in unfinished else "done"
     row = {"trial_id": trial_id, "status": status, "params": dict(result.config)}
-    history = result.metrics_dataframe
-    if history is None or metric not in history or history[metric].isna().all():
+    epochs = _epochs(result, trials_dir / trial_id)
+    if not epochs:
         return row
-    best = history.loc[history[metric].idxmax() if mode == "max" else history[metric].idxmin()]
-    row.update({"epochs": int(history["epoch"].max()), "best_epoch": int(best["epoch"]),
-                "checkpoint": best.get("checkpoint_path"),
-                **{name: float(best[name]) for name in TABLE_METRICS if name in best}})
+    best = max(epochs, key=lambda epoch: epoch["valid_auc"])  # the first best, as the trainer's
+    row.update({"epochs": int(max(epoch["epoch"] for epoch in epochs)), "best_epoch": int(best["epoch"]),
+                "checkpoint": best.get("checkpoint"), **{name: float(best[name]) for name in TABLE_METRICS}})
     return row
+
+
+def _epochs(result, run_dir: Path) -> list[dict]:
+    """Every epoch's metrics and checkpoint: from the run directory when `train()` finished, else
+    from what Tune received (a trial stopped early, failed or interrupted).
+
+    The run directory comes first because Tune can miss a trial's last reports: a trial that
+    ends its final epoch while the search is interrupted resumes with nothing left to train.
+    """
+    if (run_dir / "metrics.json").exists():
+        best_checkpoint = (run_dir / "checkpoints" / "BEST").read_text().strip()
+        history = json.loads((run_dir / "metrics.json").read_text())["history"]
+        best_epoch = max(history, key=lambda epoch: epoch["valid_auc"])["epoch"]
+        return [{**epoch, "checkpoint": best_checkpoint if epoch["epoch"] == best_epoch else None}
+                for epoch in history]
+    reported = result.metrics_dataframe
+    if reported is None or "valid_auc" not in reported:
+        return []
+    reported = reported.dropna(subset=["valid_auc"]).rename(columns={"checkpoint_path": "checkpoint"})
+    return reported.to_dict("records")
 
 
 def _sort_key(row: dict, metric: str, mode: str) -> float:

@@ -1,4 +1,4 @@
-"""Ray job entrypoint: `eain prepare` (raw reviews -> prepared dataset (Ray Data)) on the cluster the job runs in.
+"""Ray job entrypoint for `eain prepare`: raw reviews to a prepared dataset, with Ray Data on the cluster's CPU workers.
 
     python jobs/submit.py prepare --config configs/amazon2023.yaml --set ...
 """

@@ -24,9 +24,9 @@ import asyncio
 import os
 import shlex
 import sys
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Mapping
 
 REPO = Path(__file__).resolve().parents[1]
 COMMANDS = ("prepare", "train", "tune")
@@ -162,7 +162,8 @@ def _parser() -> argparse.ArgumentParser:
                         help="pass another environment variable to the job (repeatable)")
     parser.add_argument("--token-file", help="the cluster's auth token (default: where Ray looks)")
     parser.add_argument("--job-id", help="the submission id (default: one Ray makes up)")
-    parser.add_argument("--follow", action="store_true", help="stream the logs until the job ends; exit 1 unless it succeeded")
+    parser.add_argument("--follow", action="store_true",
+                        help="stream the logs until the job ends; exit 1 unless it succeeded")
     parser.add_argument("--dry-run", action="store_true", help="print the job and submit nothing")
     parser.add_argument("command", choices=COMMANDS)
     parser.add_argument("args", nargs=argparse.REMAINDER, help="arguments of `eain <command>`")

@@ -1,4 +1,4 @@
-"""Ray job entrypoint: `eain train` (prepared dataset -> run directory (Ray Train)) on the cluster the job runs in.
+"""Ray job entrypoint for `eain train`: a prepared dataset to a run directory, with Ray Train on the cluster's workers.
 
     python jobs/submit.py train --config configs/amazon2023.yaml --set ...
 """

@@ -1,4 +1,4 @@
-"""Ray job entrypoint: `eain tune` (a Ray Tune search over the trainer) on the cluster the job runs in.
+"""Ray job entrypoint for `eain tune`: a Ray Tune search over the trainer, its trials side by side on the cluster.
 
     python jobs/submit.py tune --config configs/amazon2023.yaml --set ...
 """

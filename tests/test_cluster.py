@@ -84,7 +84,8 @@ def test_raycluster_manifest_has_what_kuberay_requires():
     assert len(gpu) == 1
     for container in gpu[0]["template"]["spec"]["containers"]:
         # KubeRay passes the limit to Ray as the node's GPU count; requests must equal limits.
-        assert container["resources"]["limits"]["nvidia.com/gpu"] == container["resources"]["requests"]["nvidia.com/gpu"] == "1"
+        resources = container["resources"]
+        assert resources["limits"]["nvidia.com/gpu"] == resources["requests"]["nvidia.com/gpu"] == "1"
     cpu = [g for g in spec["workerGroupSpecs"] if g not in gpu]
     assert cpu and all("nvidia.com/gpu" not in c["resources"]["limits"]
                        for g in cpu for c in g["template"]["spec"]["containers"])

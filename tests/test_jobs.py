@@ -5,10 +5,12 @@ stopped by its own handle with nothing of it left running."""
 
 from __future__ import annotations
 
+import contextlib
 import importlib.util
 import json
 import os
 import secrets
+import shutil
 import signal
 import socket
 import subprocess
@@ -122,10 +124,8 @@ class Head:
             time.sleep(0.5)
         leftovers = self.processes()
         for pid in leftovers:
-            try:
+            with contextlib.suppress(ProcessLookupError):  # ended meanwhile
                 os.kill(pid, signal.SIGKILL)
-            except ProcessLookupError:
-                pass
         return leftovers
 
 
@@ -161,6 +161,7 @@ def head():
     finally:
         started.stop()
         log.close()
+        shutil.rmtree(root, ignore_errors=True)
 
 
 def _wait_for_job_server(head: Head, client_class, log: Path, timeout: float = 180) -> None:
@@ -178,6 +179,7 @@ def _wait_for_job_server(head: Head, client_class, log: Path, timeout: float = 1
 
 @pytest.mark.slow
 def test_prepare_then_train_as_jobs_on_a_ray_head(head, tmp_path, monkeypatch, capsys):
+    from ray.exceptions import AuthenticationError
     from ray.job_submission import JobSubmissionClient
 
     from eain_dist.data.synthetic import generate
@@ -203,7 +205,7 @@ def test_prepare_then_train_as_jobs_on_a_ray_head(head, tmp_path, monkeypatch, c
     client = JobSubmissionClient(head.address, headers=submit.auth_headers(token_file=str(head.token_file)))
     jobs = client.list_jobs()
     assert [job.runtime_env["env_vars"]["EAIN_JOB_SECRET_TOKEN"] for job in jobs] == [secret, secret]
-    with pytest.raises(Exception):  # token authentication is on: a wrong token is refused
+    with pytest.raises(AuthenticationError, match="Authentication failed"):  # token authentication is on
         JobSubmissionClient(head.address, headers={"Authorization": "Bearer not-the-token"}).list_jobs()
 
     assert head.stop() == []  # every process of the head ended with it

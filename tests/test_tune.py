@@ -11,13 +11,21 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 import yaml
 
 from eain_dist.cli import main
 from eain_dist.config import ConfigError, TrainConfig, load_config
-from eain_dist.tune import derived_concurrency, param_space, run_search, validate_search_space
+from eain_dist.tune import (
+    TABLE_METRICS,
+    _trial_row,
+    derived_concurrency,
+    param_space,
+    run_search,
+    validate_search_space,
+)
 
 ROOT = Path(__file__).resolve().parents[1]
 TUNE_YAML = ROOT / "configs" / "tune.yaml"
@@ -93,6 +101,36 @@ def test_eain_tune_with_a_bad_space_is_one_line(capsys):
     assert err.startswith("eain tune: tune.search_space.data.max_history") and err.count("\n") == 1
 
 
+def _tune_result(path: Path, reported: list[dict]):
+    """What Ray Tune hands back for a trial: its directory, config, error and reported epochs."""
+    import pandas as pd
+
+    return SimpleNamespace(path=str(path), error=None, config={"train.lr": 0.01},
+                           metrics_dataframe=pd.DataFrame(reported) if reported else None)
+
+
+def _epoch(epoch: int, auc: float, checkpoint: str | None = None) -> dict:
+    metrics = {name: auc for name in TABLE_METRICS}
+    return {"epoch": epoch, **metrics, **({"checkpoint_path": checkpoint} if checkpoint else {})}
+
+
+def test_a_trial_counts_with_its_best_epoch_even_where_tune_missed_reports(tmp_path):
+    # Finished: the run directory has every epoch, though Tune only saw the first.
+    finished = tmp_path / "trials" / "a_00000"
+    (finished / "checkpoints").mkdir(parents=True)
+    (finished / "checkpoints" / "BEST").write_text("/ckpt/epoch-2\n")
+    (finished / "metrics.json").write_text(json.dumps({"history": [_epoch(1, 0.70), _epoch(2, 0.80), _epoch(3, 0.75)]}))
+    row = _trial_row(_tune_result(finished, [_epoch(1, 0.70, "/ckpt/epoch-1")]), set(), tmp_path / "trials")
+    assert (row["best_epoch"], row["valid_auc"], row["checkpoint"], row["epochs"]) == (2, 0.80, "/ckpt/epoch-2", 3)
+    # Stopped early by ASHA (no run directory): what Tune received.
+    stopped = _tune_result(tmp_path / "trials" / "a_00001", [_epoch(1, 0.72, "/c1"), _epoch(2, 0.71, "/c2")])
+    row = _trial_row(stopped, set(), tmp_path / "trials")
+    assert (row["status"], row["best_epoch"], row["valid_auc"], row["checkpoint"]) == ("done", 1, 0.72, "/c1")
+    # Interrupted before its first report.
+    row = _trial_row(_tune_result(tmp_path / "trials" / "a_00002", []), {"a_00002"}, tmp_path / "trials")
+    assert row["status"] == "unfinished" and "valid_auc" not in row
+
+
 # --- End to end ------------------------------------------------------------------------------
 
 @pytest.fixture(scope="module")
@@ -161,7 +199,8 @@ def test_search_writes_its_best_trial_and_resumes_after_an_interruption(prepared
     trials = {d.name: json.loads((d / "metrics.json").read_text()) for d in (output / "trials").iterdir()}
     interrupted = next(name for name in trials if name != finished[0].name)
     assert (finished[0] / "metrics.json").stat().st_mtime == finished_at  # not run again
-    # The interrupted trial went on from its epoch-1 checkpoint, not from scratch.
+    # The interrupted trial went on from its last checkpoint (epoch 1, or 2 when it finished that
+    # epoch while the search shut down), not from scratch.
     assert trials[interrupted]["train"]["restarts"] == 1
     assert [row["epoch"] for row in trials[interrupted]["history"]] == [1, 2]
 
