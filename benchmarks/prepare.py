@@ -264,7 +264,8 @@ def _cpu_model() -> str:
 def comparisons(runs: list[dict]) -> list[dict]:
     rows = []
     for eain in (r for r in runs if r["tool"] == "eain" and not r.get("capped")):
-        polars = next(r for r in runs if r["tool"] == "polars" and (r["reviews"], r["cpus"]) == (eain["reviews"], eain["cpus"]))
+        polars = next(r for r in runs
+                      if r["tool"] == "polars" and (r["reviews"], r["cpus"]) == (eain["reviews"], eain["cpus"]))
         rows.append({"reviews": eain["reviews"], "cpus": eain["cpus"],
                      "ratio": round(eain["reviews_per_s"] / polars["reviews_per_s"], 3),
                      "pipeline_ratio": round(eain["pipeline_reviews_per_s"] / polars["pipeline_reviews_per_s"], 3),
@@ -316,10 +317,11 @@ def to_markdown(report: dict) -> str:
         "|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for row in report["comparisons"]:
-        e, p = by_key[("eain", row["reviews"], row["cpus"], False)], by_key[("polars", row["reviews"], row["cpus"], False)]
+        e, p = (by_key[(tool, row["reviews"], row["cpus"], False)] for tool in ("eain", "polars"))
         lines.append(f"| {row['reviews']:,} | {row['cpus']} | {e['wall_s']:.1f} | {e['reviews_per_s']:,} | "
                      f"{p['wall_s']:.1f} | {p['reviews_per_s']:,} | **{row['ratio']:.2f}** | "
-                     f"{row['pipeline_ratio']:.2f} ({e['pipeline_reviews_per_s']:,} / {p['pipeline_reviews_per_s']:,}) | "
+                     f"{row['pipeline_ratio']:.2f} ({e['pipeline_reviews_per_s']:,} / "
+                     f"{p['pipeline_reviews_per_s']:,}) | "
                      f"{e['load_avg_1m_before']} / {p['load_avg_1m_before']} |")
     lines += ["", f"Target ({TARGET}): {report['target']}", ""]
     lines += _memory_section(report, by_key)
@@ -351,12 +353,14 @@ def _memory_section(report: dict, by_key: dict) -> list[str]:
         "|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for row in report["comparisons"]:
-        e, p = by_key[("eain", row["reviews"], row["cpus"], False)], by_key[("polars", row["reviews"], row["cpus"], False)]
+        e, p = (by_key[(tool, row["reviews"], row["cpus"], False)] for tool in ("eain", "polars"))
         lines.append(f"| {row['reviews']:,} | {row['cpus']} | {e['peak_system_mib']:,} | {e['peak_tree_rss_mib']:,} | "
                      f"{e['peak_tree_pss_mib']:,} | {e['peak_object_store_mib']:,} | {e['peak_dev_shm_mib']:,} | "
                      f"{p['peak_system_mib']:,} | {p['peak_tree_rss_mib']:,} | {p['peak_tree_pss_mib']:,} |")
-    sizes = [r["object_store_bytes"] for r in runs if r["tool"] == "eain" and not r.get("capped") and r["object_store_bytes"]]
-    lines += ["", f"Ray's object store: {min(sizes) / (1 << 30):.2f}-{max(sizes) / (1 << 30):.2f} GiB depending on the run: "
+    sizes = [r["object_store_bytes"] for r in runs
+             if r["tool"] == "eain" and not r.get("capped") and r["object_store_bytes"]]
+    lines += ["", f"Ray's object store: {min(sizes) / (1 << 30):.2f}-{max(sizes) / (1 << 30):.2f} GiB depending on "
+                  "the run: "
                   "Ray's default, 30% of the memory available when it starts (which other processes move). Ray "
                   "Data's streaming executor keeps its in-flight blocks under half of it, but a `materialize()`d "
                   "dataset stays in the store until it is released, and spills to disk once the store is full."]
@@ -366,7 +370,8 @@ def _memory_section(report: dict, by_key: dict) -> list[str]:
     if len(eain) >= 2 and store:
         first, last = eain[0], eain[-1]
         millions = (last["reviews"] - first["reviews"]) / 1e6
-        per_million = {key: (last[key] - first[key]) / millions for key in ("peak_tree_pss_mib", "peak_object_store_mib")}
+        per_million = {key: (last[key] - first[key]) / millions
+                       for key in ("peak_tree_pss_mib", "peak_object_store_mib")}
         high_water = max(r["peak_object_store_mib"] for r in eain)
         outside = ", ".join(f"{r['reviews'] / 1e6:g}M: {r['peak_tree_pss_mib'] - r['peak_object_store_mib']:,}"
                             for r in eain)
@@ -377,7 +382,8 @@ def _memory_section(report: dict, by_key: dict) -> list[str]:
                   + (f"The store filled up (high-water {high_water:,} MiB) and spilled to disk, so the store part is "
                      "bounded by its size. " if any(r["peak_object_store_mib"] * MIB >= 0.9 * r["object_store_bytes"]
                                                     for r in eain) else
-                     f"The store never filled (at most {high_water:,} of {store / MIB:,.0f} MiB); at this rate it would "
+                     f"The store never filled (at most {high_water:,} of {store / MIB:,.0f} MiB); at this rate it "
+                     "would "
                      f"fill at about {store / MIB / max(per_million['peak_object_store_mib'], 1):,.1f}M reviews. ")
                   + f"Memory outside the store (tree PSS - store high-water, MiB) also grows with the input ({outside}"
                   + (f"; {capped[0]['peak_tree_pss_mib'] - capped[0]['peak_object_store_mib']:,} with the capped store"
@@ -408,7 +414,8 @@ def _stage_section(report: dict, by_key: dict) -> list[str]:
     startup = eain["wall_s"] - eain["pipeline_s"]
     for stage, seconds in [*eain["stages_s"].items(), ("(Python + Ray start and shutdown: wall - pipeline)", startup)]:
         lines.append(f"| {stage} | {seconds:.1f} | {100 * seconds / eain['wall_s']:.0f}% |")
-    lines += [f"| **wall** | **{eain['wall_s']:.1f}** | |", "", "| polars stage | s | share of wall |", "|---|---:|---:|"]
+    lines += [f"| **wall** | **{eain['wall_s']:.1f}** | |", "",
+              "| polars stage | s | share of wall |", "|---|---:|---:|"]
     startup = polars["wall_s"] - polars["pipeline_s"]
     for stage, seconds in [*polars["stages_s"].items(), ("(Python start and imports: wall - pipeline)", startup)]:
         lines.append(f"| {stage} | {seconds:.1f} | {100 * seconds / polars['wall_s']:.0f}% |")
@@ -439,7 +446,8 @@ def _recheck_section(recheck: dict) -> list[str]:
     for row in recheck["comparisons"]:
         e, p = by_key[("eain", row["reviews"], row["cpus"])], by_key[("polars", row["reviews"], row["cpus"])]
         lines.append(f"| {row['reviews']:,} | {row['cpus']} | {e['wall_s']:.1f} | {e['reviews_per_s']:,} | "
-                     f"{p['wall_s']:.1f} | {p['reviews_per_s']:,} | **{row['ratio']:.2f}** | {row['pipeline_ratio']:.2f} | "
+                     f"{p['wall_s']:.1f} | {p['reviews_per_s']:,} | **{row['ratio']:.2f}** | "
+                     f"{row['pipeline_ratio']:.2f} | "
                      f"{e['peak_tree_pss_mib']:,} | {e['peak_object_store_mib']:,} | {p['peak_tree_pss_mib']:,} |")
     for row in recheck["comparisons"]:
         e = by_key[("eain", row["reviews"], row["cpus"])]
@@ -557,15 +565,16 @@ STAGE_NOTES = [
     "Reading the table (suggestions only; the pipeline was not changed for this benchmark):",
     "",
     "- **Fixed costs are most of it.** Python + Ray start and shutdown alone take about as long as the whole "
-    "polars run. Each Ray Data `repartition(keys=...)` / `join` starts its own pool of hash-shuffle actors (new "
-    "worker processes importing Ray Data and pyarrow): in a fresh local Ray with 2 CPUs on this machine, a hash "
-    "repartition of 1,000 rows took 4-7 s and a 1,000-row join 11 s. The stages built on shuffles (read + "
+    "polars run. Each Ray Data `repartition(keys=...)` starts its own pool of hash-shuffle actors (new worker "
+    "processes importing Ray Data and pyarrow): in a fresh local Ray with 2 CPUs on this machine (load average "
+    "5-13), a hash repartition of 1,000 rows took 4.6-7 s, the same map without a shuffle 0.1 s. The stages "
+    "built on the two shuffles (read + "
     "partition by item, partition by user) cost far more than their data: eain's own reader parses about 490k "
     "reviews/s per CPU in-process (polars: 1.4M/s on 2 threads), i.e. ~2 s of the first stage at 2M reviews. "
     "Suggestion: with a handful of partitions, a plain-task map/reduce (each map task returns one hash bucket "
     "per partition with `num_returns`, one reduce task per partition concatenates) needs no actor pool.",
     "- **Partitions are far too few.** `_partition_count` estimates reviews from compressed bytes at 120 B per "
-    "review, but these files hold about 28 B per review, so every size got 2 partitions (1 with 1 CPU): each "
+    "review, but these files hold about 28 B per review, so every size got 2 partitions (1 with 1 CPU below 5M): each "
     "user-stage task handles 1-2.5M reviews and their 50-wide histories in one block (GBs of worker heap: tree "
     "PSS 4-10 GiB against polars' 1-2.4 GiB). The exact record count is known after the first stage (the "
     "counters); sizing the user repartition from it (e.g. `max(2 x CPUs, records / rows_per_partition)`, with a "
@@ -576,11 +585,11 @@ STAGE_NOTES = [
     "- **Materialized datasets stay alive.** `items`, `by_user` and (in the version measured here) the "
     "impressions are all referenced by `prepare()` until it returns, so the object store's high-water mark "
     "grows ~1 GiB per million reviews; at 5M it reached the store's size and Ray spilled ~5 GiB to disk (at "
-    "124 MiB/s under the machine's load), which is why 5M with 2 CPUs is the slowest per review. Releasing each "
-    "dataset once the next is materialized (`del items`) keeps the store to about one stage's data; the "
+    "124 MiB/s, the machine's load rising meanwhile), which makes 5M with 2 CPUs the slowest per review. "
+    "Releasing each dataset once the next is materialized (`del items`) keeps the store to about one stage's data; the "
     "version that writes the splits from the user stage (see the re-check below) already removes the largest "
     "one.",
-    "- **Writes.** Both tools write the same bytes with the same pyarrow defaults; pyarrow with "
+    "- **Writes.** Both tools write the same columns with the same pyarrow defaults; pyarrow with "
     "`use_dictionary=False` on the history columns writes ~1.5x faster here but makes the files ~2.2x larger "
     "(item ids repeat a lot), so it is a trade-off, not a free win.",
 ]

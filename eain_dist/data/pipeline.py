@@ -86,6 +86,7 @@ def prepare(config: Config, log=print) -> PrepareResult:
     indexed = items.map_batches(_index_items, batch_size=None, batch_format="pyarrow",
                                 fn_kwargs={"item_vocab": item_vocab})
     by_user = indexed.repartition(partitions, keys=["user"]).materialize()
+    del records, items, indexed  # releases the item partitions from the object store
     clock.done("partitioned by user")
 
     user_offsets, num_users = _user_vocabulary(by_user, config, output)

@@ -14,6 +14,12 @@ def any_rank(flag: bool, device: torch.device) -> bool:
     return bool(value.item() > 0)
 
 
+def sum_over_ranks(value: float, device: torch.device) -> float:
+    total = torch.tensor([float(value)], dtype=torch.float64, device=device)
+    dist.all_reduce(total)
+    return float(total.item())
+
+
 def all_gather_arrays(arrays: dict[str, np.ndarray], device: torch.device) -> dict[str, np.ndarray]:
     """Concatenate every rank's 1-D arrays (uneven lengths) on every rank, in rank order."""
     world = dist.get_world_size()

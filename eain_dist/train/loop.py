@@ -16,6 +16,7 @@ import torch
 
 from eain_dist.config import Config, load_config_dict
 from eain_dist.distributed import checkpoint
+from eain_dist.distributed.collectives import sum_over_ranks
 from eain_dist.train.steps import Worker, build_worker, evaluate, placement_plan, synchronized_batches, train_step
 from eain_dist.train.tracking import Tracker
 
@@ -89,8 +90,8 @@ def _train_epoch(worker: Worker, state: TrainingState, tracker: Tracker, config:
             state.loss_curve.append((state.steps, recent))
             tracker.log({"train/loss": recent, "train/epoch": state.epoch}, step=state.steps)
     seconds = time.time() - started
-    world_samples = samples * ray.train.get_context().get_world_size()  # ranks step together
-    return {"train_loss": float(np.nanmean(losses)) if losses else float("nan"),
+    world_samples = int(sum_over_ranks(samples, worker.device))
+    return {"train_loss": float(np.nanmean(losses)) if losses else float("nan"), "samples": world_samples,
             "samples_per_s": world_samples / max(seconds, 1e-9), "steps": state.steps}
 
 
