@@ -32,6 +32,7 @@ import os
 import platform
 import shlex
 import socket
+import subprocess
 import sys
 import tempfile
 import time
@@ -222,7 +223,16 @@ def machine_info() -> dict:
     return {"processor": cpu, "cpu_count": os.cpu_count(), "memory_gib": round(total / GIB, 1),
             "memory_available_gib_at_start": round(available_memory() / GIB, 1), "torch": torch.__version__,
             "python": platform.python_version(), "date": dt.datetime.now().isoformat(timespec="seconds"),
-            "load_average_at_start": os.getloadavg()}
+            "load_average_at_start": os.getloadavg(), "code": code_version()}
+
+
+def code_version() -> str:
+    """The commit the package code came from, '+dirty' when eain_dist/ has uncommitted changes."""
+    def git(*args: str) -> str:
+        return subprocess.run(["git", *args], cwd=Path(__file__).resolve().parents[1], capture_output=True, text=True,
+                              check=False).stdout.strip()
+    commit = git("rev-parse", "--short", "HEAD") or "unknown"
+    return commit + ("+dirty" if git("status", "--porcelain", "--", "eain_dist") else "")
 
 
 def to_markdown(report: dict) -> str:
@@ -231,7 +241,8 @@ def to_markdown(report: dict) -> str:
     lines = [
         "# A 100M-row embedding table, row-wise sharded over 2 CPU ranks",
         "",
-        f"Date {m['date']}. Machine: {m['processor']}, {m['cpu_count']} CPUs, {m['memory_gib']} GiB "
+        f"Date {m['date']}, eain_dist at {m['code']}. Machine: {m['processor']}, {m['cpu_count']} CPUs, "
+        f"{m['memory_gib']} GiB "
         f"({m['memory_available_gib_at_start']} GiB available at the start), torch {m['torch']}, "
         f"Python {m['python']}.",
         "",
@@ -272,9 +283,11 @@ def to_markdown(report: dict) -> str:
         f"exceeds the RSS before them by at most {g(t['max_timed_growth'])} "
         f"({t['max_timed_growth_fraction_of_shard']:.1%} of a rank's shard + state) -- a dense gradient or "
         f"dense optimizer update would add ~{g(ranks[0]['weight_bytes'])} (100%).",
-        f"- Init: peak RSS during init is {t['init_peak_over_shard']:.2f}x the shard + state: "
-        "`ShardedEmbeddingCollection._new_shard` makes `torch.randn(rows, D)` and then `* init_std`, a second "
-        "full-size tensor, before the first is freed.",
+        f"- Init: peak RSS during init is {t['init_peak_over_shard']:.2f}x the shard + state"
+        + (": `ShardedEmbeddingCollection._new_shard` makes `torch.randn(rows, D)` and then `* init_std`, a second "
+           "full-size tensor, before the first is freed (an in-place `.mul_(init_std)` or "
+           "`torch.empty(rows, D).normal_(0, init_std, generator=g)` would keep it at 1x)."
+           if t["init_peak_over_shard"] > 1.5 else "."),
         "",
         *report.get("notes", []),
         "",

@@ -26,10 +26,13 @@ per-epoch `samples_per_s` in metrics.json; the bare and steps arms time the same
 reading + conversion + steps). Ray start-up, evaluation and checkpoints are outside the span.
 Epoch 1 is warm-up; reported: the mean of epochs >= 2 (headline) and the best epoch >= 2.
 
-    python benchmarks/train.py [--reviews 300000] [--epochs 3] [--work benchmarks/work/train]
-    python benchmarks/train.py --profile     # where a 1-worker step's time goes (py-spy + cProfile)
+    python benchmarks/train.py [--reviews 300000] [--epochs 3] [--work benchmarks/work/train] [--arms ...]
+    python benchmarks/train.py --ablate      # + per-step cost of DDP / all-to-alls / any_rank (no Ray)
+    python benchmarks/train.py --profile     # prints cProfile (steps arm) and py-spy (Ray worker) summaries
+    python benchmarks/train.py --render [--earlier OLD.json --earlier-note ...] [--note ...]
 
-Writes benchmarks/results/train.json and benchmarks/results/train.md (not with --quick/--profile).
+Writes benchmarks/results/train.json and benchmarks/results/train.md (not with --quick/--profile);
+--ablate adds its table to the existing ones, --render rewrites the markdown from the JSON.
 """
 
 from __future__ import annotations
@@ -184,6 +187,98 @@ def steps_arm(prepared: Path, threads: int, epochs: int, profile_to: Path | None
         profiler.dump_stats(str(profile_to))
         result["profile"] = str(profile_to)
     return result
+
+
+def ablation_arm(prepared: Path, threads: int, batches: int = 20, rounds: int = 7) -> dict:
+    """ms per training step of the bare step and of `steps.train_step` with its distributed pieces
+    switched off one at a time (1-process gloo group, pre-converted batches, variants interleaved
+    round by round so that a burst of load hits them all)."""
+    import torch
+    import torch.distributed as dist
+
+    import eain_dist.train.steps as steps
+    from eain_dist.config import Config
+    from eain_dist.data.loader import to_tensors
+    from eain_dist.model.loss import ctr_loss
+    from eain_dist.model.registry import build_model
+
+    torch.set_num_threads(threads)
+    os.environ.setdefault("GLOO_SOCKET_IFNAME", "lo")
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=0, world_size=1)
+    meta = json.loads((prepared / "meta.json").read_text())
+    config = Config()
+    source = parquet_batches(prepared)
+    data = [to_tensors(next(source), meta["max_history"]) for _ in range(batches)]
+
+    torch.manual_seed(config.train.seed)
+    model = build_model(config.model, meta)
+    adam = torch.optim.Adam(model.parameters(), lr=config.train.lr)
+
+    def bare(batch):
+        model.train()
+        out = model(batch)
+        loss, bce = ctr_loss(out.logits, batch["label"], out.embedding_l2, model, config.model.l2)
+        adam.zero_grad(set_to_none=True)
+        loss.backward()
+        adam.step()
+        float(bce.detach())
+
+    def worker_variant(ddp: bool, collectives: bool, any_rank: bool):
+        worker = steps.build_worker(config, meta, torch.device("cpu"))
+        if not ddp:
+            worker.ddp = worker.model  # the step calls worker.ddp(batch)
+        if not collectives:  # world size 1: serve the rows locally, same leaf + pending bookkeeping
+            collection = worker.collection
+
+            def local_lookup(shard, ids):
+                served = shard.weight[ids].detach().requires_grad_(torch.is_grad_enabled())
+                if served.requires_grad:
+                    shard.pending.append((ids, served))
+                return served
+            collection._sharded_lookup = local_lookup
+
+        def step(batch):
+            if any_rank:
+                steps.any_rank(True, worker.device)
+            steps.train_step(worker, batch)
+        return step
+
+    variants = {
+        "bare loop step (local tables, Adam on all)": bare,
+        "steps.train_step + any_rank (as in the loop)": worker_variant(True, True, True),
+        "  without DDP": worker_variant(False, True, True),
+        "  without the all-to-alls (rows served locally)": worker_variant(True, False, True),
+        "  without any_rank": worker_variant(True, True, False),
+        "  without DDP, all-to-alls and any_rank": worker_variant(False, False, False),
+    }
+    for fn in variants.values():
+        for batch in data[:3]:
+            fn(batch)
+    wall: dict[str, list[float]] = {name: [] for name in variants}
+    cpu: dict[str, list[float]] = {name: [] for name in variants}
+    for _ in range(rounds):
+        for name, fn in variants.items():
+            w0, c0 = time.perf_counter(), time.process_time()
+            for batch in data:
+                fn(batch)
+            wall[name].append(1000 * (time.perf_counter() - w0) / len(data))
+            cpu[name].append(1000 * (time.process_time() - c0) / len(data))
+    profiler = cProfile.Profile()
+    profiler.enable()
+    for batch in data:
+        variants["steps.train_step + any_rank (as in the loop)"](batch)
+    profiler.disable()
+    stats = pstats.Stats(profiler)
+    top = sorted(((v[2], f"{Path(k[0]).name}:{k[2]}") for k, v in stats.stats.items()), reverse=True)[:12]
+    dist.destroy_process_group()
+    return {"torch_threads": torch.get_num_threads(), "batches": batches, "rounds": rounds,
+            "variants": [{"variant": name, "ms_per_step_median": statistics.median(wall[name]),
+                          "ms_per_step_min": min(wall[name]), "cpu_ms_per_step_median": statistics.median(cpu[name])}
+                         for name in variants],
+            "profile_tottime_ms_per_step": [{"function": f, "ms": 1000 * t / batches} for t, f in top]}
 
 
 def instrumented_loop(loop_config: dict) -> dict:
@@ -347,7 +442,15 @@ def machine_info() -> dict:
     return {"processor": cpu, "cpu_count": os.cpu_count(), "memory_gib": round(memory_kib / 2**20, 1),
             "torch": torch.__version__, "ray": ray.__version__, "pyarrow": pyarrow.__version__,
             "python": platform.python_version(), "date": dt.datetime.now().isoformat(timespec="seconds"),
-            "load_average_at_start": os.getloadavg()}
+            "load_average_at_start": os.getloadavg(), "code": code_version()}
+
+
+def code_version() -> str:
+    """The commit the package code came from, '+dirty' when eain_dist/ has uncommitted changes."""
+    def git(*args: str) -> str:
+        return subprocess.run(["git", *args], cwd=ROOT, capture_output=True, text=True, check=False).stdout.strip()
+    commit = git("rev-parse", "--short", "HEAD") or "unknown"
+    return commit + ("+dirty" if git("status", "--porcelain", "--", "eain_dist") else "")
 
 
 def to_markdown(report: dict) -> str:
@@ -355,8 +458,9 @@ def to_markdown(report: dict) -> str:
     lines = [
         "# EAIN training throughput: Ray Train vs a bare PyTorch loop (CPU)",
         "",
-        f"Date {m['date']}. Machine: {m['processor']}, {m['cpu_count']} CPUs, {m['memory_gib']} GiB, "
-        f"torch {m['torch']}, Ray {m['ray']}, pyarrow {m['pyarrow']}, Python {m['python']}.",
+        f"Date {m['date']}, eain_dist at {m.get('code', 'unknown')}. Machine: {m['processor']}, {m['cpu_count']} "
+        f"CPUs, {m['memory_gib']} GiB, torch {m['torch']}, Ray {m['ray']}, pyarrow {m['pyarrow']}, "
+        f"Python {m['python']}.",
         "",
         f"Command: `{s['command']}`",
         "",
@@ -375,17 +479,11 @@ def to_markdown(report: dict) -> str:
         "before each arm it is in the table. On 2 cores a load above 2 means the arms did not have the "
         "cores to themselves, so absolute numbers are low and noisy; arms that share threads ran back to back.",
         "",
-        "| arm | torch threads (in the training process) | samples/s mean (epochs >= 2) | best epoch | "
-        "per-epoch samples/s | vs bare, same threads | load before |",
-        "|---|---:|---:|---:|---|---:|---:|",
+        *results_table(rows),
+        "",
+        *verdict(rows),
+        "",
     ]
-    for row in rows:
-        ratio = f"{row['ratio_vs_bare']:.2f}x" if row.get("ratio_vs_bare") is not None else ""
-        per_epoch = ", ".join(f"{h['samples_per_s']:,.0f}" for h in row["history"])
-        lines.append(f"| {row['arm']} | {row['threads']} | {row['samples_per_s_mean_epochs_2plus']:,.0f} | "
-                     f"{row['samples_per_s_best_epoch_2plus']:,.0f} | {per_epoch} | {ratio} | "
-                     f"{row['load_average_1m_before']:.1f} |")
-    lines += ["", *report["verdict"], ""]
     for row in rows:
         if row.get("workers"):
             facts = "; ".join(f"rank {w['rank']}: torch threads {w['torch_threads']}, OMP_NUM_THREADS "
@@ -412,8 +510,124 @@ def to_markdown(report: dict) -> str:
                                       for h in steady)
             lines.append(f"- {r['arm']}: reading Parquet + to_tensors {data:.1%} of the epoch, the step "
                          f"{1 - data:.1%} ({step_ms:.0f} ms/step).")
-    lines += ["", *report.get("notes", []), ""]
+    for earlier in report.get("earlier_runs", []):
+        one = next((r for r in earlier["results"] if r["kind"] == "ray" and r["n"] == 1), None)
+        if one is not None:
+            start, end = earlier["load_average_at_start"][0], earlier["load_average_at_end"][0]
+            lines.append(f"- An earlier full run ({earlier['date']}, load average {start:.1f} at the start, "
+                         f"{end:.1f} at the end; {earlier['note']}): Ray "
+                         f"Train 1 worker {one['samples_per_s_mean_epochs_2plus']:,.0f} samples/s, "
+                         f"{one['ratio_vs_bare']:.2f}x / {one['ratio_best_vs_bare']:.2f}x the bare loop (mean / best).")
+    if "step_ablation" in report:
+        lines += ["", *ablation_table(report["step_ablation"])]
+    lines += ["", *findings(report), ""]
     return "\n".join(lines)
+
+
+def ablation_table(a: dict) -> list[str]:
+    base = next(v for v in a["variants"] if v["variant"].startswith("bare"))["ms_per_step_median"]
+    lines = ["## Where a 1-worker step's time goes (no Ray)", "",
+             f"`{a['command']}` ({a['date']}, load average {a['load_average_1m_before']:.1f} before, "
+             f"{a['load_average_at_end'][0]:.1f} after): {a['batches']} pre-converted batches of 1024, each variant a "
+             f"pass over them, variants interleaved, {a['rounds']} rounds; median ms per step, torch threads "
+             f"{a['torch_threads']}, a 1-process gloo group.", "",
+             "| variant | ms/step (median) | min | CPU ms/step | vs bare step |", "|---|---:|---:|---:|---:|"]
+    for v in a["variants"]:
+        lines.append(f"| {v['variant'].strip()}{' (ablation)' if v['variant'].startswith('  ') else ''} | "
+                     f"{v['ms_per_step_median']:.1f} | {v['ms_per_step_min']:.1f} | "
+                     f"{v['cpu_ms_per_step_median']:.1f} | {v['ms_per_step_median'] / base:.2f}x |")
+    top = ", ".join(f"{_function_name(t['function'])} {t['ms']:.1f}" for t in a["profile_tottime_ms_per_step"][:8])
+    lines += ["", f"cProfile of `steps.train_step` + any_rank, own time in ms/step: {top}."]
+    return lines
+
+
+def results_table(rows: list[dict]) -> list[str]:
+    lines = ["| arm | torch threads (in the training process) | samples/s mean (epochs >= 2) | best epoch >= 2 | "
+             "per-epoch samples/s | vs bare, same threads (mean / best) | load before |",
+             "|---|---:|---:|---:|---|---:|---:|"]
+    for row in rows:
+        ratio = (f"{row['ratio_vs_bare']:.2f}x / {row['ratio_best_vs_bare']:.2f}x"
+                 if row.get("ratio_vs_bare") is not None else "")
+        per_epoch = ", ".join(f"{h['samples_per_s']:,.0f}" for h in row["history"])
+        lines.append(f"| {row['arm']} | {row['threads']} | {row['samples_per_s_mean_epochs_2plus']:,.0f} | "
+                     f"{row['samples_per_s_best_epoch_2plus']:,.0f} | {per_epoch} | {ratio} | "
+                     f"{row['load_average_1m_before']:.1f} |")
+    return lines
+
+
+def _function_name(label: str) -> str:
+    """cProfile's "~:<method 'run_backward' of ...>" -> "run_backward"; "file.py:name" stays."""
+    if label.startswith("~:") and "'" in label:
+        return label.split("'")[1]
+    if label.startswith("~:<built-in method "):
+        return label.removeprefix("~:<built-in method ").rstrip(">")
+    return label
+
+
+def findings(report: dict) -> list[str]:
+    """Where a Ray Train epoch's time goes, and what would shorten it (from this run's numbers)."""
+    rows = report["results"]
+    one = next((r for r in rows if r["kind"] == "ray" and r["n"] == 1), None)
+    mat = next((r for r in rows if r["kind"] == "raymat" and r["n"] == 1), None)
+    bare = next((r for r in rows if r["kind"] == "bare" and r["n"] == 1), None)
+    if one is None or bare is None:
+        return []
+    b = epoch_breakdown(one["workers"][0])
+    steady = [h for h in bare["history"] if h["epoch"] >= 2] or bare["history"]
+    bare_ms = statistics.mean(1000 * h["seconds"] * (1 - h["data_fraction"]) / -(-h["samples"] // BATCH_SIZE)
+                              for h in steady)
+    lines = ["## Findings", "",
+             f"- Ray Train with 1 worker runs at {one['ratio_vs_bare']:.2f}x the bare loop. Of an epoch's training "
+             f"span, {b['train_step']:.0%} is `train_step` and {b['ray_data_wait']:.0%} is waiting for Ray Data, "
+             f"almost all of it ({b['first_batch_s']:.1f} s) for the epoch's first batch: `streaming_split` re-runs "
+             "the read plan every epoch (a SplitCoordinator starts the executor, Parquet read tasks are scheduled, "
+             "the first block is a whole file). After that the iterator keeps up (prefetch 2); `to_tensors`, "
+             "`any_rank` and the loop itself are about 1% or less each. The step itself is also slower than the "
+             f"bare loop's: {b['train_step_ms']:.0f} vs {bare_ms:.0f} ms"]
+    if mat is not None:
+        m = epoch_breakdown(mat["workers"][0])
+        lines[-1] += (f", but {m['train_step_ms']:.0f} ms when nothing is read during the epoch (next point): on 2 "
+                      "cores the epoch's Parquet read tasks compete with the worker for CPU.")
+        lines.append(f"- Materializing the datasets on the driver before `fit` (experiment, `raymat` arm) brings "
+                     f"Ray Train to {mat['ratio_vs_bare']:.2f}x: the first-batch wait drops to "
+                     f"{m['first_batch_s']:.1f} s and `train_step` is {m['train_step']:.0%} of the span. Suggestion "
+                     "for `trainer.datasets` (the lead's call): `.materialize()` the splits when they fit in the "
+                     "object store (meta.json has the row counts; this train split is ~224k rows), keep streaming "
+                     "otherwise. Smaller Parquet files / row groups from `eain prepare` might shorten the first-batch "
+                     "wait when streaming (untested).")
+    else:
+        lines[-1] += "."
+    ablation = report.get("step_ablation")
+    if ablation:
+        v = {x["variant"].strip(): x["ms_per_step_median"] for x in ablation["variants"]}
+        base = v["bare loop step (local tables, Adam on all)"]
+        as_is = v["steps.train_step + any_rank (as in the loop)"]
+        lines.append(f"- The worker's own distributed pieces are not where the time goes: without Ray, "
+                     f"`steps.train_step` + `any_rank` takes {as_is:.0f} ms/step against the bare step's {base:.0f} "
+                     f"({as_is / base:.2f}x); removing DDP, the all-to-alls or `any_rank` changes it by a few percent "
+                     "at most (table above). Nothing to gain there at world size 1.")
+    two = next((r for r in rows if r["kind"] == "ray" and r["n"] == 2), None)
+    if two is not None and two.get("ratio_vs_bare") is not None:
+        t = epoch_breakdown(two["workers"][0])
+        lines.append(f"- 2 workers (1 thread each) run at {two['ratio_vs_bare']:.2f}x the 2-thread bare loop and "
+                     f"{two['samples_per_s_mean_epochs_2plus'] / one['samples_per_s_mean_epochs_2plus']:.2f}x one "
+                     f"worker; the per-epoch first-batch wait is the same ~{t['first_batch_s']:.0f} s, now "
+                     f"{t['first_batch']:.0%} of a shorter epoch, so materializing would help them more.")
+    lines += [
+        "- The machine is shared: run-to-run noise from other test suites can exceed these overheads (the load "
+        "averages are in the table); the 2-thread bare loop is the most sensitive arm (OpenMP threads on a loaded "
+        "2-core machine).",
+    ]
+    every_row = rows + [r for e in report.get("earlier_runs", []) for r in e["results"]]
+    if any(r.get("cpus_per_worker_override") for r in every_row):
+        lines.append("- A trainer that sizes 2 workers on 2 CPUs at 0.75 CPU each leaves 0.5 CPU, and Ray Data's "
+                     "Parquet read tasks (1 CPU each) never start: the run hangs at epoch 1 ('Cluster resources are "
+                     "not enough to run any task from ReadFilesParquetV2'). The benchmark then lowers "
+                     "train.cpus_per_worker to leave 1 CPU (an earlier run needed it; the trainer now does this "
+                     "itself and reads with 0.5 CPU per task).")
+    lines.append("- `train.prefetch_batches` is never read: `loop._batches` passes `prefetch_batches=2`.")
+    lines += [f"- {note}" for note in report.get("notes", [])]
+    return lines
 
 
 def main() -> None:
@@ -422,12 +636,19 @@ def main() -> None:
     parser.add_argument("--epochs", type=int, default=3)
     parser.add_argument("--work", type=Path, default=Path(__file__).parent / "work" / "train")
     parser.add_argument("--arms", default="bare:1,ray:1,steps:1,raymat:1,bare:2,ray:2",
-                        help="comma-separated arm:n (n = torch threads for bare/steps, workers for ray)")
+                        help="comma-separated arm:n (bare/steps: n torch threads; ray/raymat: n workers)")
     parser.add_argument("--quick", action="store_true", help="2 epochs; prints, keeps the results files")
     parser.add_argument("--profile", action="store_true",
                         help="steps:1 under cProfile and ray:1 under py-spy; prints where the time goes")
     parser.add_argument("--out", type=Path, default=RESULTS)
-    parser.add_argument("--child", choices=("bare", "steps", "ray", "raymat"), help=argparse.SUPPRESS)
+    parser.add_argument("--render", action="store_true", help="rewrite train.md from train.json, measure nothing")
+    parser.add_argument("--earlier", type=Path, action="append", default=[],
+                        help="with --render: add this earlier train.json's Ray Train 1-worker result (repeatable)")
+    parser.add_argument("--earlier-note", action="append", default=[], help="with --earlier: how that run differed")
+    parser.add_argument("--note", action="append", default=[], help="with --render: a line added to the findings")
+    parser.add_argument("--ablate", action="store_true",
+                        help="per-step cost of the worker's distributed pieces; added to the existing train.json/md")
+    parser.add_argument("--child", choices=("bare", "steps", "ray", "raymat", "ablate"), help=argparse.SUPPRESS)
     parser.add_argument("--n", type=int, default=1, help=argparse.SUPPRESS)
     parser.add_argument("--child-out", type=Path, help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -439,6 +660,8 @@ def main() -> None:
         profile_dir.mkdir(parents=True, exist_ok=True)
         if args.child == "bare":
             result = bare_arm(prepared, args.n, args.epochs)
+        elif args.child == "ablate":
+            result = ablation_arm(prepared, args.n)
         elif args.child == "steps":
             result = steps_arm(prepared, args.n, args.epochs, profile_dir / "steps.pstats" if args.profile else None)
         else:
@@ -448,6 +671,20 @@ def main() -> None:
         args.child_out.write_text(json.dumps(result))
         return
 
+    if args.render:
+        render(args.out, args.earlier, args.earlier_note, args.note)
+        return
+    if args.ablate:
+        ensure_dataset(args.work, args.reviews)
+        result = run_child(args, "ablate", 1, args.work / "result-ablate-1.json")
+        result.update(date=dt.datetime.now().isoformat(timespec="seconds"), load_average_at_end=os.getloadavg(),
+                      command=" ".join(["python benchmarks/train.py", *map(shlex.quote, sys.argv[1:])]))
+        report = json.loads((args.out / "train.json").read_text())
+        report["step_ablation"] = result
+        (args.out / "train.json").write_text(json.dumps(report, indent=2) + "\n")
+        (args.out / "train.md").write_text(to_markdown(report))
+        print(to_markdown(report))
+        return
     if args.quick:
         args.epochs = 2
     if args.profile:
@@ -467,18 +704,13 @@ def main() -> None:
             f"Ray Train, {n} worker(s), datasets materialized first (experiment)")
         rows.append({"arm": label, "kind": arm, "n": int(n), "threads": threads, **summarize(result["history"]),
                      **result})
-    for row in rows:
-        bare = next((r for r in rows if r["kind"] == "bare" and r["threads"] == row["threads"]), None)
-        if row["kind"].startswith("ray") and row["n"] == 2:
-            bare = next((r for r in rows if r["kind"] == "bare" and r["n"] == 2), bare)  # 2 workers x 1 thread
-        if bare is not None and row is not bare:
-            row["ratio_vs_bare"] = row["samples_per_s_mean_epochs_2plus"] / bare["samples_per_s_mean_epochs_2plus"]
+    add_ratios(rows)
     machine["load_average_at_end"] = os.getloadavg()
     report = {"machine": machine, "settings": {
         "command": command, "reviews": args.reviews, "epochs": args.epochs, "batch_size": BATCH_SIZE,
         "train_rows": meta["splits"]["train"], "tables": meta["tables"], "embedding_dim": 16,
         "prepared": str(prepared.relative_to(ROOT) if prepared.is_relative_to(ROOT) else prepared)},
-        "results": rows, "verdict": verdict(rows)}
+        "results": rows}
     if args.profile:
         print_profiles(args.work / "profiles")
     if args.quick or args.profile:
@@ -491,13 +723,45 @@ def main() -> None:
     print(f"wrote {args.out / 'train.json'} and {args.out / 'train.md'}")
 
 
+def add_ratios(rows: list[dict]) -> None:
+    """Each arm against the bare loop with the same torch threads (2 workers x 1 thread: the 2-thread loop)."""
+    for row in rows:
+        bare = next((r for r in rows if r["kind"] == "bare" and r["threads"] == row["threads"]), None)
+        if row["kind"].startswith("ray") and row["n"] == 2:
+            bare = next((r for r in rows if r["kind"] == "bare" and r["n"] == 2), bare)
+        if bare is not None and row is not bare:
+            row["ratio_vs_bare"] = row["samples_per_s_mean_epochs_2plus"] / bare["samples_per_s_mean_epochs_2plus"]
+            row["ratio_best_vs_bare"] = row["samples_per_s_best_epoch_2plus"] / bare["samples_per_s_best_epoch_2plus"]
+
+
+def render(out: Path, earlier: list[Path], notes: list[str], extra: list[str]) -> None:
+    """Rewrite train.md (and the ratios in train.json) from train.json; optionally note earlier runs."""
+    report = json.loads((out / "train.json").read_text())
+    report.pop("verdict", None)
+    if extra:
+        report["notes"] = extra
+    add_ratios(report["results"])
+    if earlier:
+        report["earlier_runs"] = []
+    for path, note in zip(earlier, notes + [""] * len(earlier)):
+        previous = json.loads(path.read_text())
+        add_ratios(previous["results"])
+        machine = previous["machine"]
+        report["earlier_runs"].append({"date": machine["date"], "note": note, "results": previous["results"],
+                                       **{k: machine[k] for k in ("load_average_at_start", "load_average_at_end")}})
+    (out / "train.json").write_text(json.dumps(report, indent=2) + "\n")
+    (out / "train.md").write_text(to_markdown(report))
+    print(to_markdown(report))
+
+
 def verdict(rows: list[dict]) -> list[str]:
     one = next((r for r in rows if r["kind"] == "ray" and r["n"] == 1 and "ratio_vs_bare" in r), None)
     if one is None:
         return []
-    met = "meets" if one["ratio_vs_bare"] >= TARGET_RATIO else "MISSES"
+    met = lambda ratio: "meets" if ratio >= TARGET_RATIO else "MISSES"  # noqa: E731
     return [f"Target: Ray Train with 1 worker >= {TARGET_RATIO}x the bare loop at the same torch threads "
-            f"({one['threads']}): {one['ratio_vs_bare']:.2f}x (mean of epochs >= 2), {met} it."]
+            f"({one['threads']}): {one['ratio_vs_bare']:.2f}x on the mean of epochs >= 2 ({met(one['ratio_vs_bare'])} "
+            f"it), {one['ratio_best_vs_bare']:.2f}x on the best epoch ({met(one['ratio_best_vs_bare'])} it)."]
 
 
 def print_profiles(directory: Path) -> None:

@@ -92,7 +92,9 @@ class TrainConfig:
     run_dir: str = "runs/default"
     storage_path: str | None = None  # Ray Train storage (local path or s3://); None = <run_dir>/ray
     max_failures: int = 2  # worker failures to recover from (restart from the last checkpoint)
-    inject_fault_at_step: int = -1  # testing aid: rank 0... of the first attempt dies at this step
+    # Testing aid: [epoch, step] makes the last rank of the first attempt die at that step
+    # (0-based) of that epoch (1-based), as a crashed worker would. Empty = never.
+    inject_fault: list[int] = field(default_factory=list)
 
 
 @dataclass(kw_only=True)

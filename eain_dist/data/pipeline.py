@@ -63,7 +63,7 @@ def prepare(config: Config, log=print) -> PrepareResult:
     data = config.data
     files = expand_sources(data.source, data.s3)
     meta_files = expand_sources(data.meta, data.s3) if data.meta else []
-    partitions = data.num_partitions or _partition_count(files, data, ray.cluster_resources())
+    partitions = _partition_count(files, data, ray.cluster_resources())
     log(f"prepare: {len(files)} review file(s), {len(meta_files)} meta file(s), {partitions} partitions")
     counters = StepCounters.remote()
     output = _Output(data.output, config)
@@ -85,7 +85,9 @@ def prepare(config: Config, log=print) -> PrepareResult:
     clock.done(f"{item_vocab.num_items - 1:,} items, {item_vocab.num_categories - 1:,} categories")
     indexed = items.map_batches(_index_items, batch_size=None, batch_format="pyarrow",
                                 fn_kwargs={"item_vocab": item_vocab})
-    by_user = indexed.repartition(partitions, keys=["user"]).materialize()
+    # Sized from the records actually read: compressed bytes per review vary 5x between files.
+    user_partitions = _partitions_for(read["read"]["records"], data, ray.cluster_resources())
+    by_user = indexed.repartition(user_partitions, keys=["user"]).materialize()
     del records, items, indexed  # releases the item partitions from the object store
     clock.done("partitioned by user")
 
@@ -204,8 +206,14 @@ def _partition_count(files: list[str], data, resources: dict) -> int:
         size = fs.size(local) or 0
         per_review = next((b for ext, b in ESTIMATED_BYTES_PER_REVIEW.items() if path.endswith(ext)), 250)
         estimated += size // per_review
-    cpus = int(resources.get("CPU", 1))
-    return max(cpus, int(np.ceil(estimated / data.rows_per_partition)))
+    return _partitions_for(estimated, data, resources)
+
+
+def _partitions_for(rows: int, data, resources: dict) -> int:
+    """Two partitions per CPU at least (every CPU busy, smaller blocks), more for big inputs."""
+    if data.num_partitions:
+        return data.num_partitions
+    return max(2 * int(resources.get("CPU", 1)), int(np.ceil(rows / data.rows_per_partition)))
 
 
 def _check_rejects(counts: dict, data, output: "_Output") -> None:

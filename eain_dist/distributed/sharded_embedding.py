@@ -120,7 +120,7 @@ class ShardedEmbeddingCollection(EmbeddingCollection):
     def _new_shard(self, config: TableConfig, init_std: float, seed: int) -> RowShard:
         rows = RowShard.rows_on(self.rank, self.world_size, config.num_embeddings)
         generator = torch.Generator().manual_seed(seed * 1_000_003 + self.rank)
-        weight = (torch.randn(rows, config.embedding_dim, generator=generator) * init_std).to(self.device)
+        weight = torch.randn(rows, config.embedding_dim, generator=generator).mul_(init_std).to(self.device)
         state = {k: v.to(self.device) for k, v in self.optimizer.state_for(rows, config.embedding_dim).items()}
         return RowShard(config, self.rank, self.world_size, weight, state)
 

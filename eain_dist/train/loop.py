@@ -55,8 +55,8 @@ def train_loop_per_worker(loop_config: dict) -> dict:
         print("\n".join(placement_plan(worker)), flush=True)
     while state.epoch < config.train.epochs and state.patience_left(config.train.early_stopping_patience):
         epoch_stats = _train_epoch(worker, state, tracker, config, loop_config)
-        valid = evaluate(worker, _batches("valid", config.train.eval_batch_size))
-        test = evaluate(worker, _batches("test", config.train.eval_batch_size))
+        valid = evaluate(worker, _batches("valid", config.train.eval_batch_size, config))
+        test = evaluate(worker, _batches("test", config.train.eval_batch_size, config))
         state.epoch += 1
         state.record({"epoch": state.epoch, **epoch_stats, **_prefixed("valid", valid), **_prefixed("test", test)})
         tracker.log(state.history[-1], step=state.steps)
@@ -74,13 +74,13 @@ def evaluate_loop_per_worker(loop_config: dict) -> dict:
     worker = build_worker(config, loop_config["meta"], ray.train.torch.get_device())
     with ray.train.Checkpoint(loop_config["checkpoint"]).as_directory() as directory:
         checkpoint.load(directory, model=worker.model, dense_optimizer=None, collection=worker.collection)
-    return evaluate(worker, _batches(loop_config["split"], config.train.eval_batch_size))
+    return evaluate(worker, _batches(loop_config["split"], config.train.eval_batch_size, config))
 
 
 def _train_epoch(worker: Worker, state: TrainingState, tracker: Tracker, config: Config, loop_config: dict) -> dict:
     losses, samples, started = [], 0, time.time()
-    for batch in synchronized_batches(_batches("train", config.train.batch_size), worker):
-        _maybe_inject_fault(config, state, loop_config)
+    for batch in synchronized_batches(_batches("train", config.train.batch_size, config), worker):
+        _maybe_inject_fault(config, [state.epoch + 1, len(losses)], loop_config)
         loss = train_step(worker, batch)
         state.steps += 1
         samples += len(batch["label"])
@@ -95,9 +95,10 @@ def _train_epoch(worker: Worker, state: TrainingState, tracker: Tracker, config:
             "samples_per_s": world_samples / max(seconds, 1e-9), "steps": state.steps}
 
 
-def _batches(split: str, batch_size: int):
+def _batches(split: str, batch_size: int, config: Config):
     shard = ray.train.get_dataset_shard(split)
-    return shard.iter_batches(batch_size=batch_size, batch_format="pyarrow", prefetch_batches=2)
+    return shard.iter_batches(batch_size=batch_size, batch_format="pyarrow",
+                              prefetch_batches=config.train.prefetch_batches)
 
 
 def _prefixed(prefix: str, values: dict) -> dict:
@@ -124,10 +125,10 @@ def _report(worker: Worker, state: TrainingState, rank: int) -> None:
                          checkpoint=ray.train.Checkpoint.from_directory(directory))
 
 
-def _maybe_inject_fault(config: Config, state: TrainingState, loop_config: dict) -> None:
+def _maybe_inject_fault(config: Config, epoch_and_step: list[int], loop_config: dict) -> None:
     """Testing aid: the last rank dies once, at a chosen step, as a crashed worker would."""
     marker = Path(loop_config["run_dir"]) / "fault-injected"
     last_rank = ray.train.get_context().get_world_rank() == ray.train.get_context().get_world_size() - 1
-    if state.steps == config.train.inject_fault_at_step and last_rank and not marker.exists():
-        marker.write_text(f"worker died at step {state.steps}\n")
+    if epoch_and_step == config.train.inject_fault and last_rank and not marker.exists():
+        marker.write_text(f"worker died in epoch {epoch_and_step[0]} at step {epoch_and_step[1]}\n")
         os._exit(1)

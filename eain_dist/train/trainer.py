@@ -35,6 +35,33 @@ class TrainResult:
     checkpoint_path: str | None
 
 
+class WholeSplitDataConfig(ray.train.DataConfig):
+    """Ray Train's DataConfig, but shards that cover every row.
+
+    The stock one splits with `streaming_split(equal=True)`, which drops up to W-1 rows per
+    epoch to make the shards equal: wrong for exact evaluation metrics, and a silent loss in
+    training. Uneven shards are fine here: ranks that run out step with empty batches.
+    (Mirrors DataConfig.configure of Ray 2.60, the pinned version.)
+    """
+
+    def configure(self, datasets, world_size, worker_handles, worker_node_ids, **kwargs):
+        output = [{} for _ in range(world_size)]
+        to_split = set(datasets) if self._datasets_to_split == "all" else set(self._datasets_to_split)
+        locality_hints = worker_node_ids if self._enable_shard_locality else None
+        for name, dataset in datasets.items():
+            if dataset.name is None:
+                dataset.set_name(name)
+            dataset = dataset.copy(dataset)
+            dataset.context.execution_options = self._resolve_execution_options(name)
+            if name in to_split:
+                shards = dataset.streaming_split(world_size, equal=False, locality_hints=locality_hints)
+            else:
+                shards = [dataset.iterator() for _ in range(world_size)]
+            for rank, shard in enumerate(shards):
+                output[rank][name] = shard
+        return output
+
+
 def read_meta(config: Config) -> dict:
     fs, path = filesystem_for(config.data.output, config.data.s3)
     if not fs.exists(f"{path}/meta.json"):
@@ -73,6 +100,7 @@ def train(config: Config, log=print, callbacks: list | None = None, ray_run_name
             checkpoint_config=ray.train.CheckpointConfig(
                 num_to_keep=2, checkpoint_score_attribute="valid_auc", checkpoint_score_order="max")),
         datasets=datasets(config),
+        dataset_config=WholeSplitDataConfig(),
     )
     log(f"train: {config.model.name} on {config.data.output} with {config.train.num_workers} worker(s)")
     result = trainer.fit()
@@ -129,6 +157,7 @@ def evaluate_run(run_dir: str, split: str, config_overrides: list[str] | None = 
         run_config=ray.train.RunConfig(name=f"evaluate-{time.strftime('%Y%m%d-%H%M%S')}",
                                        storage_path=config.train.storage_path or str(run.resolve() / "ray")),
         datasets={split: datasets(config)[split]},
+        dataset_config=WholeSplitDataConfig(),
     )
     log(f"evaluate: {run_dir} on {split} with {config.train.num_workers} worker(s)")
     return trainer.fit().return_value
