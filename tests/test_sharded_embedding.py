@@ -38,6 +38,10 @@ def loss_of(out_embeddings: dict, l2: torch.Tensor, rank: int) -> torch.Tensor:
     return total
 
 
+# Result dicts come from a *spawned* manager: forking this process after the session's Ray
+# instance started would break the driver's gRPC connection to Ray (later Ray calls hang).
+
+
 def _free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
@@ -101,7 +105,7 @@ def reference(optimizer_name: str, initial: torch.Tensor):
 @pytest.mark.parametrize("optimizer_name", ["adagrad", "adam"])
 def test_sharded_lookup_and_update_equal_unsharded(optimizer_name):
     initial = torch.randn(ROWS, DIM, generator=torch.Generator().manual_seed(0))
-    results = mp.Manager().dict()
+    results = mp.get_context("spawn").Manager().dict()
     mp.spawn(_worker, args=(_free_port(), optimizer_name, initial, results), nprocs=WORLD, join=True)
     expected = reference(optimizer_name, initial)
 

@@ -55,6 +55,10 @@ def config(model: str = "eain"):
                                   "train.lr=0.003", "model.mlp_batch_norm=false"])
 
 
+# Result dicts come from a *spawned* manager: forking this process after the session's Ray
+# instance started would break the driver's gRPC connection to Ray (later Ray calls hang).
+
+
 def _free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
@@ -103,7 +107,7 @@ def _predict(worker) -> list[float]:
 
 
 def run(world: int, model: str = "eain", save_dir: str | None = None) -> dict:
-    results = mp.Manager().dict()
+    results = mp.get_context("spawn").Manager().dict()
     mp.spawn(_train_worker, args=(world, _free_port(), model, results, save_dir), nprocs=world, join=True)
     return dict(results)
 
@@ -133,7 +137,7 @@ def test_checkpoint_written_by_two_workers_restores_on_one_and_back(tmp_path):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["dense.pt", "shards-rank=0.pt", "shards-rank=1.pt",
                                                          "state.json"]
     for world in (1, 2):
-        results = mp.Manager().dict()
+        results = mp.get_context("spawn").Manager().dict()
         mp.spawn(_restore_worker, args=(world, _free_port(), str(tmp_path), results), nprocs=world, join=True)
         np.testing.assert_allclose(results[0], written[0]["predictions"], rtol=1e-6)
 
@@ -150,7 +154,7 @@ def _empty_rank_worker(rank: int, port: int, results):
 
 
 def test_uneven_shards_step_together_with_empty_batches():
-    results = mp.Manager().dict()
+    results = mp.get_context("spawn").Manager().dict()
     mp.spawn(_empty_rank_worker, args=(_free_port(), results), nprocs=2, join=True)
     assert results[0] == [32] * 5
     assert results[1] == [32, 32, 0, 0, 0]
