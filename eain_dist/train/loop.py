@@ -130,5 +130,6 @@ def _maybe_inject_fault(config: Config, epoch_and_step: list[int], loop_config: 
     marker = Path(loop_config["run_dir"]) / "fault-injected"
     last_rank = ray.train.get_context().get_world_rank() == ray.train.get_context().get_world_size() - 1
     if epoch_and_step == config.train.inject_fault and last_rank and not marker.exists():
+        ray.train.get_all_reported_checkpoints()  # a crash after the last checkpoint is registered
         marker.write_text(f"worker died in epoch {epoch_and_step[0]} at step {epoch_and_step[1]}\n")
         os._exit(1)
