@@ -18,6 +18,8 @@ batch 1024 per worker. Arms, each in a fresh subprocess, each for --epochs epoch
          times the parts of each epoch (train_step, Ray Data's iterator, any_rank, to_tensors).
          With 2 workers on 2 CPUs, train.cpus_per_worker is lowered to leave Ray Data 1 CPU (the
          trainer's own sizing hangs there; see ray_arm).
+- rayfile: ray with train.shuffle_buffer=0 (file order every epoch), beside ray's default per-epoch
+         re-shuffle through the local shuffle buffer: the buffer's cost.
 - raymat (experiment): ray, with the datasets materialized into the object store on the driver
          before `fit`, to measure Ray Data's per-epoch start-up.
 
@@ -349,7 +351,7 @@ def instrumented_loop(loop_config: dict) -> dict:
 
 
 def ray_arm(prepared: Path, workers: int, epochs: int, run_dir: Path, py_spy_to: Path | None = None,
-            materialize: bool = False) -> dict:
+            materialize: bool = False, shuffle_buffer: int | None = None) -> dict:
     """`eain_dist.train.trainer.train` on a private local Ray instance. `materialize`: an experiment,
     the trainer's datasets materialized into Ray's object store on the driver before `fit`."""
     import ray
@@ -362,7 +364,8 @@ def ray_arm(prepared: Path, workers: int, epochs: int, run_dir: Path, py_spy_to:
         stale.unlink()
     config = load_config(None, [f"data.output={prepared}", f"train.num_workers={workers}", f"train.epochs={epochs}",
                                 f"train.early_stopping_patience={epochs + 1}", f"train.batch_size={BATCH_SIZE}",
-                                f"train.run_dir={run_dir}", "wandb.mode=disabled"])
+                                f"train.run_dir={run_dir}", "wandb.mode=disabled",
+                                *([f"train.shuffle_buffer={shuffle_buffer}"] if shuffle_buffer is not None else [])])
     started = time.perf_counter()
     init_ray(RayConfig())
     # The trainer leaves max(available - 0.5, 0.5) / N CPUs per worker: with 2 workers on 2 CPUs
@@ -636,7 +639,7 @@ def main() -> None:
     parser.add_argument("--epochs", type=int, default=3)
     parser.add_argument("--work", type=Path, default=Path(__file__).parent / "work" / "train")
     parser.add_argument("--arms", default="bare:1,ray:1,steps:1,raymat:1,bare:2,ray:2",
-                        help="comma-separated arm:n (bare/steps: n torch threads; ray/raymat: n workers)")
+                        help="comma-separated arm:n (bare/steps: n torch threads; ray/rayfile/raymat: n workers)")
     parser.add_argument("--quick", action="store_true", help="2 epochs; prints, keeps the results files")
     parser.add_argument("--profile", action="store_true",
                         help="steps:1 under cProfile and ray:1 under py-spy; prints where the time goes")
@@ -648,7 +651,8 @@ def main() -> None:
     parser.add_argument("--note", action="append", default=[], help="with --render: a line added to the findings")
     parser.add_argument("--ablate", action="store_true",
                         help="per-step cost of the worker's distributed pieces; added to the existing train.json/md")
-    parser.add_argument("--child", choices=("bare", "steps", "ray", "raymat", "ablate"), help=argparse.SUPPRESS)
+    parser.add_argument("--child", choices=("bare", "steps", "ray", "raymat", "rayfile", "ablate"),
+                        help=argparse.SUPPRESS)
     parser.add_argument("--n", type=int, default=1, help=argparse.SUPPRESS)
     parser.add_argument("--child-out", type=Path, help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -667,7 +671,8 @@ def main() -> None:
         else:
             result = ray_arm(prepared, args.n, args.epochs, args.work / "runs" / f"{args.child}-{args.n}w",
                              profile_dir / f"ray-{args.n}w.pyspy.txt" if args.profile else None,
-                             materialize=args.child == "raymat")
+                             materialize=args.child == "raymat",
+                             shuffle_buffer=0 if args.child == "rayfile" else None)
         args.child_out.write_text(json.dumps(result))
         return
 
@@ -701,6 +706,7 @@ def main() -> None:
         label = f"bare PyTorch loop, {n} thread(s)" if arm == "bare" else (
             f"eain_dist.train.steps, 1-process gloo, no Ray, {n} thread(s)" if arm == "steps" else
             f"Ray Train, {n} worker(s)" if arm == "ray" else
+            f"Ray Train, {n} worker(s), file order (train.shuffle_buffer=0)" if arm == "rayfile" else
             f"Ray Train, {n} worker(s), datasets materialized first (experiment)")
         rows.append({"arm": label, "kind": arm, "n": int(n), "threads": threads, **summarize(result["history"]),
                      **result})

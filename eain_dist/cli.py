@@ -67,6 +67,16 @@ def _parser() -> argparse.ArgumentParser:
                       help="continue the interrupted search in tune.output (same as tune.resume=true)")
     tune.set_defaults(handler=_tune)
 
+    compare = commands.add_parser("compare", help="the paper's table: every model (and ablations) on one dataset")
+    _config_arguments(compare, required=False)
+    compare.add_argument("--models", default=None, metavar="LIST",
+                         help="comma-separated, from lr,mf,dnn,din,eain (default: compare.models)")
+    compare.add_argument("--ablations", action="store_true",
+                         help="also EAIN without each of DIN attention, MaskBlock, SE-Net, PAIM")
+    compare.add_argument("--resume", action="store_true",
+                         help="reuse the finished runs in compare.output whose config is unchanged")
+    compare.set_defaults(handler=_compare)
+
     run = commands.add_parser("run", help="the main job: generate (if needed) -> prepare -> train -> evaluate")
     _config_arguments(run, required=False)
     run.set_defaults(handler=_run)
@@ -155,6 +165,40 @@ def _tune(args) -> int:
     print(f"\nbest trial {best['trial_id']}: {best['metric']} {best[best['metric']]:.4f} at epoch {best['epoch']}\n"
           f"  config:     {config.tune.output}/best.yaml\n  checkpoint: {best['checkpoint']}")
     return 0
+
+
+def _compare(args) -> int:
+    from eain_dist.compare import load_compare_config, run_comparison
+    from eain_dist.runtime import init_ray
+
+    config, chosen = load_compare_config(args.config, args.set, args.models, args.ablations)
+    if not config.data.source:
+        config = _with_synthetic_source(config)
+    init_ray(config.ray)
+    _prepare_unless_current(config)
+    result = run_comparison(config, chosen, resume=args.resume)
+    print(f"\n{(result.output / 'results.md').read_text()}\nwritten: {result.output}/results.md, results.json, "
+          f"curves.png")
+    return 0
+
+
+def _prepare_unless_current(config: Config) -> None:
+    """Prepare data.output unless it was prepared from the same data and sampling settings."""
+    from eain_dist.config import to_dict
+    from eain_dist.data.fs import filesystem_for
+
+    from eain_dist.data.pipeline import SCHEMA_VERSION
+
+    fs, path = filesystem_for(config.data.output, config.data.s3)
+    if fs.exists(f"{path}/meta.json"):
+        with fs.open(f"{path}/meta.json") as handle:
+            meta = json.load(handle)
+        made_by, wanted = meta.get("config", {}), to_dict(config)
+        if meta.get("schema_version") == SCHEMA_VERSION and all(
+                made_by.get(section) == wanted[section] for section in ("data", "sampling")):
+            print(f"using the prepared dataset {config.data.output} (same data and sampling settings)")
+            return
+    _prepare_and_report(config)
 
 
 def _run(args) -> int:

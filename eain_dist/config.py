@@ -7,6 +7,7 @@ Unknown keys anywhere are an error, so a typo never silently falls back to a def
 from __future__ import annotations
 
 import dataclasses
+import re
 import os
 import typing
 from dataclasses import dataclass, field
@@ -88,6 +89,9 @@ class TrainConfig:
     early_stopping_patience: int = 2  # epochs without a better validation AUC
     seed: int = 0
     prefetch_batches: int = 2
+    # Rows in Ray Data's local shuffle buffer: every epoch reads the training rows in a new order
+    # (prepare already shuffles them once within each file); 0 = file order, every epoch the same.
+    shuffle_buffer: int = 100_000
     log_every_steps: int = 50
     run_dir: str = "runs/default"
     storage_path: str | None = None  # Ray Train storage (local path or s3://); None = <run_dir>/ray
@@ -131,6 +135,16 @@ class TuneConfig:
 
 
 @dataclass(kw_only=True)
+class CompareConfig:
+    """`eain compare`: every model on one prepared dataset (eain_dist/compare.py)."""
+
+    name: str = "eain-compare"  # the W&B group of the runs (unless wandb.group is set)
+    output: str = "runs/compare"  # one run directory per model, results.md / .json, curves.png
+    models: list[str] = field(default_factory=lambda: ["lr", "mf", "dnn", "din", "eain"])
+    ablations: bool = False  # also EAIN without each of DIN attention, MaskBlock, SE-Net, PAIM
+
+
+@dataclass(kw_only=True)
 class Config:
     data: DataConfig = field(default_factory=DataConfig)
     sampling: SamplingConfig = field(default_factory=SamplingConfig)
@@ -140,6 +154,7 @@ class Config:
     generate: GenerateConfig = field(default_factory=GenerateConfig)
     ray: RayConfig = field(default_factory=RayConfig)
     tune: TuneConfig = field(default_factory=TuneConfig)
+    compare: CompareConfig = field(default_factory=CompareConfig)
 
 
 FORMATS = ("auto", "amazon2014", "amazon2018", "amazon2023", "ratings_csv", "interactions_tsv")
@@ -185,11 +200,15 @@ def validate(config: Config) -> None:
     train = config.train
     _require(train.num_workers >= 1, "train.num_workers must be >= 1")
     _require(train.epochs >= 1 and train.batch_size >= 1, "train.epochs and train.batch_size must be >= 1")
+    _require(train.shuffle_buffer >= 0, f"train.shuffle_buffer must be >= 0 (0 = file order), got {train.shuffle_buffer}")
     _require(train.embedding_optimizer in ("adagrad", "adam"),
              f"train.embedding_optimizer must be adagrad or adam, got {train.embedding_optimizer!r}")
     _require(config.wandb.mode in ("auto", "online", "offline", "disabled"),
              f"wandb.mode must be auto, online, offline or disabled, got {config.wandb.mode!r}")
     _validate_tune(config.tune)
+    _require("://" not in config.compare.output,
+             f"compare.output must be a local path (runs/...), got {config.compare.output!r}; "
+             "put checkpoints on S3 with train.storage_path")
     try:
         validate_model_config(config.model)
     except ValueError as exc:
@@ -266,6 +285,7 @@ def _coerce(hint: Any, value: Any, key: str) -> Any:
 
 
 _NO_MATCH = object()
+_YAML11_FLOAT = re.compile(r"[-+]?(\d+\.?\d*|\.\d+)[eE][-+]?\d+")
 _UnionType = type(int | None)
 
 
@@ -290,6 +310,8 @@ def _coerce_scalar(option: Any, value: Any) -> Any:
     if option is int:
         return value if isinstance(value, int) and not isinstance(value, bool) else _NO_MATCH
     if option is float:
+        if isinstance(value, str) and _YAML11_FLOAT.fullmatch(value.strip()):
+            return float(value)  # PyYAML (YAML 1.1) reads 1e-3 as a string: it needs 1.0e-3
         return float(value) if isinstance(value, (int, float)) and not isinstance(value, bool) else _NO_MATCH
     if option is str:
         return value if isinstance(value, str) else _NO_MATCH

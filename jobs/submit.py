@@ -1,6 +1,6 @@
 """Submit an `eain` command to a Ray cluster as a Ray job.
 
-    python jobs/submit.py [--address URL] [--no-pip] [--follow] {prepare,train,tune} [eain arguments]
+    python jobs/submit.py [--address URL] [--no-pip] [--follow] {prepare,train,tune,compare} [eain arguments]
     python jobs/submit.py --address http://head:8265 --follow train --config configs/amazon2023.yaml
 
 Needs only `ray[default]` where it runs (not this package). The job gets:
@@ -29,7 +29,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
-COMMANDS = ("prepare", "train", "tune")
+COMMANDS = ("prepare", "train", "tune", "compare")
 DEFAULT_ADDRESS = "http://127.0.0.1:8265"
 # Never uploaded: environments, caches, outputs and benchmark data (Ray's working_dir limit is
 # a few hundred MiB, and none of it is code).

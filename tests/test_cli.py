@@ -50,6 +50,16 @@ def test_unknown_config_key_is_one_line(capsys):
     assert err.strip().count("\n") == 0 and "data.max_histroy" in err
 
 
+def test_exponent_floats_are_floats_not_strings():
+    """PyYAML (YAML 1.1) reads `1e-3` as a string; a user typing it on --set means a float."""
+    from eain_dist.config import ConfigError, load_config
+
+    config = load_config(None, ["model.l2=1e-3", "train.lr=2E-4", "train.embedding_lr=0.05"])
+    assert (config.model.l2, config.train.lr, config.train.embedding_lr) == (1e-3, 2e-4, 0.05)
+    with pytest.raises(ConfigError, match="model.l2: expected float, got 'e-3'"):
+        load_config(None, ["model.l2=e-3"])
+
+
 def test_missing_source_names_it(tmp_path, capsys, ray_local):
     code, _, err = run_cli(capsys, "prepare", "--set", f"data.source={tmp_path}/nope/*.jsonl.gz",
                            "--set", f"data.output={tmp_path}/out")

@@ -99,6 +99,18 @@ def test_histories_are_exactly_the_users_strictly_earlier_items(prepared):
     assert checked > 3000
 
 
+def test_training_rows_are_shuffled_not_grouped_by_user(prepared):
+    """Built user by user in time order, the rows would reach SGD one user's history at a time."""
+    _, _, _, _, out = prepared
+    for part in sorted((out / "train").glob("*.parquet")):
+        users = pq.read_table(part, columns=["user"])["user"].to_numpy()
+        if len(users) < 200:
+            continue
+        same_as_previous = float((users[1:] == users[:-1]).mean())
+        # Random order: about 1 / (users in the file) of neighbours share a user; grouped: most do.
+        assert same_as_previous < 0.1, (part.name, same_as_previous)
+
+
 def test_leave_last_out_split(prepared):
     rows, _, splits, vocabs, _ = prepared
     sequences = expected_sequences(rows, item_indices(vocabs))

@@ -55,3 +55,13 @@ def read_run(path: Path) -> tuple[list[dict], dict]:
         elif kind == "summary":
             summary.update({_key(i): json.loads(i.value_json) for i in record.summary.update})
     return history, summary
+
+
+def read_run_info(path: Path) -> dict:
+    """The run record of one offline run file: its name, group and job type."""
+    for raw in _chunks(Path(path).read_bytes()):
+        record = wandb_internal_pb2.Record()
+        record.ParseFromString(raw)
+        if record.WhichOneof("record_type") == "run":
+            return {"name": record.run.display_name, "group": record.run.run_group, "job_type": record.run.job_type}
+    raise ValueError(f"{path} holds no run record")

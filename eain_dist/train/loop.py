@@ -79,7 +79,7 @@ def evaluate_loop_per_worker(loop_config: dict) -> dict:
 
 def _train_epoch(worker: Worker, state: TrainingState, tracker: Tracker, config: Config, loop_config: dict) -> dict:
     losses, samples, started = [], 0, time.time()
-    for batch in synchronized_batches(_batches("train", config.train.batch_size, config), worker):
+    for batch in synchronized_batches(_training_batches(config, state.epoch), worker):
         _maybe_inject_fault(config, [state.epoch + 1, len(losses)], loop_config)
         loss = train_step(worker, batch)
         state.steps += 1
@@ -93,6 +93,16 @@ def _train_epoch(worker: Worker, state: TrainingState, tracker: Tracker, config:
     world_samples = int(sum_over_ranks(samples, worker.device))
     return {"train_loss": float(np.nanmean(losses)) if losses else float("nan"), "samples": world_samples,
             "samples_per_s": world_samples / max(seconds, 1e-9), "steps": state.steps}
+
+
+def _training_batches(config: Config, epoch: int):
+    if config.train.shuffle_buffer <= 0:
+        return _batches("train", config.train.batch_size, config)
+    rank = ray.train.get_context().get_world_rank()
+    return ray.train.get_dataset_shard("train").iter_batches(
+        batch_size=config.train.batch_size, batch_format="pyarrow", prefetch_batches=config.train.prefetch_batches,
+        local_shuffle_buffer_size=config.train.shuffle_buffer,
+        local_shuffle_seed=(config.train.seed * 1_000_003 + epoch) * 1_009 + rank)  # a new order every epoch
 
 
 def _batches(split: str, batch_size: int, config: Config):

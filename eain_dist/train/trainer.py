@@ -85,6 +85,7 @@ def train(config: Config, log=print, callbacks: list | None = None, ray_run_name
     run_dir = Path(config.train.run_dir).resolve()
     run_dir.mkdir(parents=True, exist_ok=True)
     (run_dir / "fault-injected").unlink(missing_ok=True)
+    (run_dir / "metrics.json").unlink(missing_ok=True)  # present only once this run has finished
     (run_dir / "config.yaml").write_text(dump_yaml(config))
     # A fresh Ray run name unless the caller resumes one: Ray Train resumes a run whose name has state.
     ray_run_name = ray_run_name or f"{run_dir.name}-{time.strftime('%Y%m%d-%H%M%S')}"
@@ -129,6 +130,7 @@ def _write_run_dir(run_dir: Path, config: Config, result) -> TrainResult:
         "world_size": config.train.num_workers,
         "model": config.model.name,
         "history": state["history"],
+        "loss_curve": state["loss_curve"],  # [step, mean training loss of the last log_every_steps]
     }
     (run_dir / "metrics.json").write_text(json.dumps(metrics, indent=2))
     plot_curves(state["history"], [tuple(p) for p in state["loss_curve"]], str(run_dir / "curves.png"))
