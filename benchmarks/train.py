@@ -628,7 +628,6 @@ def findings(report: dict) -> list[str]:
                      "not enough to run any task from ReadFilesParquetV2'). The benchmark then lowers "
                      "train.cpus_per_worker to leave 1 CPU (an earlier run needed it; the trainer now does this "
                      "itself and reads with 0.5 CPU per task).")
-    lines.append("- `train.prefetch_batches` is never read: `loop._batches` passes `prefetch_batches=2`.")
     lines += [f"- {note}" for note in report.get("notes", [])]
     return lines
 
