@@ -71,7 +71,7 @@ def test_compare_trains_every_model_and_sequence_models_win(sequential_data, tmp
     settings = ["--set", f"data.source={sequential_data / 'raw/reviews'}", "--set",
                 f"data.meta={sequential_data / 'raw/meta'}", "--set", "data.format=amazon2023",
                 "--set", f"data.output={tmp_path / 'prepared'}", "--set", "data.max_history=20",
-                "--set", f"compare.output={output}", "--set", "train.epochs=4", "--set", "train.batch_size=256",
+                "--set", f"compare.output={output}", "--set", "train.epochs=6", "--set", "train.batch_size=256",
                 "--set", "wandb.mode=offline"]
     code, out, err = run_cli(capsys, "compare", "--models", ",".join(MODELS), *settings)
     assert code == 0, err
@@ -85,8 +85,9 @@ def test_compare_trains_every_model_and_sequence_models_win(sequential_data, tmp
         metrics = json.loads((output / name / "metrics.json").read_text())
         assert metrics["model"] == name and rows[name]["test"] == metrics["test"]
         assert f"| {name} | {metrics['test']['auc']:.4f} | {metrics['test']['gauc']:.4f} |" in table
-        assert rows[name]["epochs"] == len(metrics["history"]) <= 4
+        assert rows[name]["epochs"] == len(metrics["history"]) <= 6
     # The sequence-aware models beat the ones that ignore the history, on data with sequences.
+    # (DIN's rise comes in epochs 3-4 here: 6 epochs leave it room; seeds 0-2 gave 0.82-0.83 vs MF's 0.77.)
     assert min(rows["din"]["test"]["auc"], rows["eain"]["test"]["auc"]) > max(
         rows["lr"]["test"]["auc"], rows["mf"]["test"]["auc"])
     best_baseline = max(("lr", "mf", "din"), key=lambda m: rows[m]["test"]["auc"])
