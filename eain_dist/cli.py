@@ -73,6 +73,8 @@ def _parser() -> argparse.ArgumentParser:
                          help="comma-separated, from lr,mf,dnn,din,eain (default: compare.models)")
     compare.add_argument("--ablations", action="store_true",
                          help="also EAIN without each of DIN attention, MaskBlock, SE-Net, PAIM")
+    compare.add_argument("--seeds", type=int, default=None, metavar="N",
+                         help="train each model N times (train.seed, +1, ...): means ± std (default: compare.seeds)")
     compare.add_argument("--resume", action="store_true",
                          help="reuse the finished runs in compare.output whose config is unchanged")
     compare.set_defaults(handler=_compare)
@@ -171,7 +173,7 @@ def _compare(args) -> int:
     from eain_dist.compare import load_compare_config, run_comparison
     from eain_dist.runtime import init_ray
 
-    config, chosen = load_compare_config(args.config, args.set, args.models, args.ablations)
+    config, chosen = load_compare_config(args.config, args.set, args.models, args.ablations, args.seeds)
     if not config.data.source:
         config = _with_synthetic_source(config)
     init_ray(config.ray)

@@ -5,7 +5,8 @@ Every model, and with `--ablations` EAIN without each of its blocks, is trained 
 same epochs, early stopping, optimizer and seed. Only `model.*` differs between the runs.
 
     <compare.output>/
-      <variant>/        each run's directory (config.yaml, metrics.json, curves.png, checkpoints/)
+      <variant>/        each run's directory (config.yaml, metrics.json, curves.png, checkpoints/);
+                        <variant>-seed<s>/ with compare.seeds > 1 (means ± std in the table)
       results.md        the table: test AUC, gAUC, logloss, valid AUC, epochs, samples/s, parameters
       results.json      the same numbers, the per-epoch history of every run and the settings
       curves.png        training loss, validation AUC and validation logloss of every run
@@ -59,20 +60,30 @@ def variants(models: list[str], ablations: bool) -> list[Variant]:
     return chosen
 
 
-def variant_config(config: Config, variant: Variant) -> Config:
-    """The shared config with this variant's model and its own run directory and W&B name."""
+def seeds(config: Config) -> list[int | None]:
+    """train.seed, train.seed + 1, ... for compare.seeds > 1; [None] (the config's own seed, the
+    run directory named after the variant alone) for one."""
+    if config.compare.seeds == 1:
+        return [None]
+    return [config.train.seed + k for k in range(config.compare.seeds)]
+
+
+def variant_config(config: Config, variant: Variant, seed: int | None = None) -> Config:
+    """The shared config with this variant's model (and seed), its own run directory and W&B name."""
     model = dataclasses.replace(config.model, name=variant.model)
     if variant.switched_off:
         model = dataclasses.replace(model, **{variant.switched_off: False})
-    run_dir = str(Path(config.compare.output) / variant.name)
-    train = dataclasses.replace(config.train, run_dir=run_dir, storage_path=_storage_for(config, variant))
+    name = variant.name if seed is None else f"{variant.name}-seed{seed}"
+    train = dataclasses.replace(config.train, run_dir=str(Path(config.compare.output) / name),
+                                storage_path=_storage_for(config, name),
+                                seed=config.train.seed if seed is None else seed)
     wandb = dataclasses.replace(config.wandb, group=config.wandb.group or config.compare.name)
     return dataclasses.replace(config, model=model, train=train, wandb=wandb)
 
 
-def _storage_for(config: Config, variant: Variant) -> str | None:
+def _storage_for(config: Config, run_name: str) -> str | None:
     storage = config.train.storage_path
-    return None if storage is None else f"{storage.rstrip('/')}/{config.compare.name}/{variant.name}"
+    return None if storage is None else f"{storage.rstrip('/')}/{config.compare.name}/{run_name}"
 
 
 def run_comparison(config: Config, chosen: list[Variant], *, resume: bool = False, log=print) -> CompareResult:
@@ -84,15 +95,19 @@ def run_comparison(config: Config, chosen: list[Variant], *, resume: bool = Fals
     output.mkdir(parents=True, exist_ok=True)
     rows = []
     for number, variant in enumerate(chosen, 1):
-        run_config = variant_config(config, variant)
-        metrics = _finished_run(run_config) if resume else None
-        if metrics is None:
-            log(f"compare: [{number}/{len(chosen)}] training {variant.name}")
-            metrics = train(run_config, log=log).metrics
-        else:
-            log(f"compare: [{number}/{len(chosen)}] {variant.name}: reusing the finished run in "
-                f"{run_config.train.run_dir}")
-        rows.append(_row(variant, metrics, parameter_count(run_config, meta)))
+        runs = []
+        for seed in seeds(config):
+            run_config = variant_config(config, variant, seed)
+            label = variant.name if seed is None else f"{variant.name} (seed {seed})"
+            metrics = _finished_run(run_config) if resume else None
+            if metrics is None:
+                log(f"compare: [{number}/{len(chosen)}] training {label}")
+                metrics = train(run_config, log=log).metrics
+            else:
+                log(f"compare: [{number}/{len(chosen)}] {label}: reusing the finished run in "
+                    f"{run_config.train.run_dir}")
+            runs.append((run_config.train.seed, metrics))
+        rows.append(summarize_variant(variant, runs, parameter_count(run_config, meta)))
     result = CompareResult(rows=rows, output=output)
     _write_outputs(config, result)
     _log_to_wandb(config, result)
@@ -122,17 +137,27 @@ def parameter_count(config: Config, meta: dict) -> dict[str, int]:
     return {"embedding": embedding, "dense": total - embedding, "total": total}
 
 
-def _row(variant: Variant, metrics: dict, parameters: dict[str, int]) -> dict:
-    history = metrics["history"]
+def summarize_variant(variant: Variant, runs: list[tuple[int, dict]], parameters: dict[str, int]) -> dict:
+    """One table row from a variant's runs (seed, metrics.json): metrics averaged over the seeds,
+    test AUC's standard deviation across them, each seed's own figures, the first seed's curves."""
+    first = runs[0][1]
     # Epoch 1 includes start-up (first reads, warm-up): throughput is the median of later epochs.
-    steady = [h["samples_per_s"] for h in history[1:]] or [h["samples_per_s"] for h in history]
+    steady = [h["samples_per_s"] for _, m in runs for h in (m["history"][1:] or m["history"])]
+    test_aucs = [m["test"]["auc"] for _, m in runs]
     return {
         "variant": variant.name, "model": variant.model, "switched_off": variant.switched_off,
-        "test": metrics["test"], "valid": metrics["valid"],
-        "best_epoch": metrics["train"]["best_epoch"], "epochs": metrics["train"]["epochs"],
+        "test": _mean_metrics([m["test"] for _, m in runs]), "valid": _mean_metrics([m["valid"] for _, m in runs]),
+        "test_auc_std": statistics.stdev(test_aucs) if len(runs) > 1 else 0.0,
+        "best_epoch": first["train"]["best_epoch"], "epochs": first["train"]["epochs"],
         "samples_per_s": statistics.median(steady), "parameters": parameters,
-        "history": history, "loss_curve": metrics.get("loss_curve", []),
+        "seeds": [{"seed": seed, "test": m["test"], "valid": m["valid"], "best_epoch": m["train"]["best_epoch"],
+                   "epochs": m["train"]["epochs"]} for seed, m in runs],
+        "history": first["history"], "loss_curve": first.get("loss_curve", []),
     }
+
+
+def _mean_metrics(per_seed: list[dict]) -> dict:
+    return {key: statistics.fmean(values[key] for values in per_seed) for key in per_seed[0]}
 
 
 # --- Outputs ------------------------------------------------------------------------------------
@@ -141,49 +166,64 @@ def _write_outputs(config: Config, result: CompareResult) -> None:
     settings = {"data": config.data.output, "epochs": config.train.epochs,
                 "early_stopping_patience": config.train.early_stopping_patience,
                 "num_workers": config.train.num_workers, "batch_size": config.train.batch_size,
-                "seed": config.train.seed, "config": to_dict(config)}
+                "seeds": [config.train.seed + k for k in range(config.compare.seeds)],
+                "config": to_dict(config)}
     (result.output / "results.json").write_text(json.dumps({"settings": settings, "runs": result.rows}, indent=2))
     (result.output / "results.md").write_text(results_table(result.rows, config) + "\n")
     plot_comparison(result.rows, str(result.output / "curves.png"))
 
 
 def results_table(rows: list[dict], config: Config) -> str:
-    """Markdown: one line per run, then EAIN's margin over the best baseline on test AUC."""
+    """Markdown: one line per variant, then EAIN's margin over the best baseline on test AUC.
+    With several seeds: means over the seeds, test AUC as mean ± standard deviation, and each
+    seed's best epoch / epochs."""
+    several = len(rows[0]["seeds"]) > 1 if rows else False
     lines = [
         f"Data: `{config.data.output}`; {config.train.num_workers} worker(s), at most {config.train.epochs} epochs, "
         f"early stopping after {config.train.early_stopping_patience} without a better validation AUC; "
-        "test metrics at the best validation epoch.",
+        "test metrics at the best validation epoch"
+        + (f"; mean of {len(rows[0]['seeds'])} seeds (train.seed {', '.join(str(s['seed']) for s in rows[0]['seeds'])})."
+           if several else "."),
         "",
         "| model | test AUC | test gAUC | test logloss | valid AUC | best epoch / epochs | samples/s | parameters |",
         "|---|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for row in rows:
         params = row["parameters"]
+        auc = f"{row['test']['auc']:.4f}" + (f" ± {row['test_auc_std']:.4f}" if several else "")
+        epochs = (f"{','.join(str(s['best_epoch']) for s in row['seeds'])} / "
+                  f"{','.join(str(s['epochs']) for s in row['seeds'])}")
         lines.append(
-            f"| {row['variant']} | {row['test']['auc']:.4f} | {row['test']['gauc']:.4f} | {row['test']['logloss']:.4f} "
-            f"| {row['valid']['auc']:.4f} | {row['best_epoch']} / {row['epochs']} | {row['samples_per_s']:,.0f} "
+            f"| {row['variant']} | {auc} | {row['test']['gauc']:.4f} | {row['test']['logloss']:.4f} "
+            f"| {row['valid']['auc']:.4f} | {epochs} | {row['samples_per_s']:,.0f} "
             f"| {params['total']:,} ({params['dense']:,} dense) |")
     margin = eain_margin(rows)
     if margin is not None:
-        lines += ["", f"EAIN − best baseline ({margin['baseline']}): {margin['test_auc']:+.4f} test AUC, "
-                      f"{margin['valid_auc']:+.4f} valid AUC."]
+        line = (f"EAIN − best baseline ({margin['baseline']}): {margin['test_auc']:+.4f} test AUC, "
+                f"{margin['valid_auc']:+.4f} valid AUC")
+        if several:
+            line += f" (mean; test AUC per seed: {', '.join(f'{d:+.4f}' for d in margin['test_auc_per_seed'])})"
+        lines += ["", line + "."]
     return "\n".join(lines)
 
 
 def eain_margin(rows: list[dict]) -> dict | None:
-    """EAIN's test AUC minus the best baseline's (the baseline picked by its test AUC, as the
-    paper's table compares them); None when either side is missing."""
+    """EAIN's (mean) test AUC minus the best baseline's (the baseline picked by its test AUC, as
+    the paper's table compares them), and the same difference seed by seed; None when either
+    side is missing."""
     eain = next((r for r in rows if r["variant"] == "eain"), None)
     baselines = [r for r in rows if r["variant"] in BASELINES]
     if eain is None or not baselines:
         return None
     best = max(baselines, key=lambda r: r["test"]["auc"])
+    per_seed = [e["test"]["auc"] - b["test"]["auc"] for e, b in zip(eain["seeds"], best["seeds"], strict=True)]
     return {"baseline": best["variant"], "test_auc": eain["test"]["auc"] - best["test"]["auc"],
-            "valid_auc": eain["valid"]["auc"] - best["valid"]["auc"]}
+            "valid_auc": eain["valid"]["auc"] - best["valid"]["auc"], "test_auc_per_seed": per_seed}
 
 
 def plot_comparison(rows: list[dict], path: str) -> None:
-    """Figure 4's panels for every run: training loss by step, validation AUC and logloss by epoch."""
+    """Figure 4's panels for every variant (its first seed): training loss by step, validation
+    AUC and logloss by epoch."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -216,11 +256,12 @@ def _log_to_wandb(config: Config, result: CompareResult) -> None:
         return
     import wandb
 
-    columns = ["model", "test_auc", "test_gauc", "test_logloss", "valid_auc", "best_epoch", "epochs",
-               "samples_per_s", "parameters"]
+    columns = ["model", "test_auc", "test_auc_std", "test_gauc", "test_logloss", "valid_auc", "best_epoch", "epochs",
+               "samples_per_s", "parameters", "seeds"]
     table = wandb.Table(columns=columns, data=[
-        [r["variant"], r["test"]["auc"], r["test"]["gauc"], r["test"]["logloss"], r["valid"]["auc"],
-         r["best_epoch"], r["epochs"], r["samples_per_s"], r["parameters"]["total"]] for r in result.rows])
+        [r["variant"], r["test"]["auc"], r["test_auc_std"], r["test"]["gauc"], r["test"]["logloss"], r["valid"]["auc"],
+         r["best_epoch"], r["epochs"], r["samples_per_s"], r["parameters"]["total"], len(r["seeds"])]
+        for r in result.rows])
     run = wandb.init(project=config.wandb.project, entity=config.wandb.entity,
                      group=config.wandb.group or config.compare.name, name=f"{config.compare.name}-table",
                      job_type="compare", config=to_dict(config), mode=mode, dir=str(result.output),
@@ -233,9 +274,9 @@ def _log_to_wandb(config: Config, result: CompareResult) -> None:
 
 
 def load_compare_config(path: str | None, overrides: list[str], models: str | None,
-                        ablations: bool) -> tuple[Config, list[Variant]]:
-    """The CLI's view: --models / --ablations override the config's compare section."""
-    config = load_config(path, overrides)
+                        ablations: bool, seed_count: int | None = None) -> tuple[Config, list[Variant]]:
+    """The CLI's view: --models / --ablations / --seeds override the config's compare section."""
+    config = load_config(path, overrides + ([f"compare.seeds={seed_count}"] if seed_count is not None else []))
     names = [m.strip() for m in models.split(",") if m.strip()] if models is not None else config.compare.models
     return config, variants(names, ablations or config.compare.ablations)
 

@@ -142,6 +142,7 @@ class CompareConfig:
     output: str = "runs/compare"  # one run directory per model, results.md / .json, curves.png
     models: list[str] = field(default_factory=lambda: ["lr", "mf", "dnn", "din", "eain"])
     ablations: bool = False  # also EAIN without each of DIN attention, MaskBlock, SE-Net, PAIM
+    seeds: int = 1  # runs per model, with train.seed, train.seed + 1, ...: the table shows means ± std
 
 
 @dataclass(kw_only=True)
@@ -206,6 +207,7 @@ def validate(config: Config) -> None:
     _require(config.wandb.mode in ("auto", "online", "offline", "disabled"),
              f"wandb.mode must be auto, online, offline or disabled, got {config.wandb.mode!r}")
     _validate_tune(config.tune)
+    _require(config.compare.seeds >= 1, f"compare.seeds must be >= 1, got {config.compare.seeds}")
     _require("://" not in config.compare.output,
              f"compare.output must be a local path (runs/...), got {config.compare.output!r}; "
              "put checkpoints on S3 with train.storage_path")

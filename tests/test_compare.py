@@ -9,7 +9,9 @@ import pytest
 from model_helpers import fake_meta
 
 from eain_dist.cli import main
-from eain_dist.compare import ABLATIONS, parameter_count, variant_config, variants
+from eain_dist.compare import (
+    ABLATIONS, Variant, parameter_count, results_table, seeds, summarize_variant, variant_config, variants,
+)
 from eain_dist.config import load_config
 
 MODELS = ["lr", "mf", "din", "eain"]
@@ -39,6 +41,41 @@ def test_ablations_switch_off_one_block_each_and_nothing_else():
         # Everything but the switch (and the run's own directory) is the full model's config.
         assert ablated.model == type(full.model)(**{**vars(full.model), switch: False})
         assert ablated.train == type(full.train)(**{**vars(full.train), "run_dir": ablated.train.run_dir})
+
+
+def _fake_metrics(test_auc: float, valid_auc: float, best_epoch: int) -> dict:
+    history = [{"epoch": e, "samples_per_s": 1000.0 * e, "valid_auc": valid_auc, "valid_logloss": 0.6}
+               for e in range(1, best_epoch + 2)]
+    return {"test": {"auc": test_auc, "gauc": test_auc - 0.05, "logloss": 0.6},
+            "valid": {"auc": valid_auc, "gauc": valid_auc - 0.05, "logloss": 0.6},
+            "train": {"best_epoch": best_epoch, "epochs": best_epoch + 1}, "history": history, "loss_curve": []}
+
+
+def test_several_seeds_are_averaged_with_their_spread_and_paired_margins():
+    config = load_config(overrides=["compare.output=out", "compare.seeds=3", "train.seed=5"])
+    assert seeds(config) == [5, 6, 7]
+    seeded = variant_config(config, Variant(name="eain", model="eain"), seed=6)
+    assert seeded.train.seed == 6 and seeded.train.run_dir == "out/eain-seed6"
+    assert seeds(load_config()) == [None]  # one seed: the run directory is the variant's own name
+
+    params = {"embedding": 10, "dense": 5, "total": 15}
+    eain_aucs, din_aucs = [0.70, 0.69, 0.71], [0.68, 0.685, 0.69]
+    rows = [summarize_variant(Variant(name=name, model=name),
+                              [(seed, _fake_metrics(auc, auc + 0.04, 2)) for seed, auc in zip([5, 6, 7], aucs)], params)
+            for name, aucs in (("din", din_aucs), ("eain", eain_aucs))]
+    eain = rows[1]
+    mean = sum(eain_aucs) / 3
+    std = (sum((a - mean) ** 2 for a in eain_aucs) / 2) ** 0.5  # sample standard deviation
+    assert eain["test"]["auc"] == pytest.approx(mean) and eain["test_auc_std"] == pytest.approx(std)
+    assert eain["valid"]["auc"] == pytest.approx(mean + 0.04)
+    assert [s["seed"] for s in eain["seeds"]] == [5, 6, 7]
+    assert eain["samples_per_s"] == 2500.0  # median of epochs 2 and 3 (2,000 and 3,000), every seed
+    table = results_table(rows, config)
+    assert f"| eain | {mean:.4f} ± {std:.4f} |" in table and "| 2,2,2 / 3,3,3 |" in table
+    assert "mean of 3 seeds (train.seed 5, 6, 7)" in table
+    paired = ", ".join(f"{e - d:+.4f}" for e, d in zip(eain_aucs, din_aucs))
+    assert f"EAIN − best baseline (din): {mean - sum(din_aucs) / 3:+.4f} test AUC" in table
+    assert f"test AUC per seed: {paired})" in table
 
 
 def test_parameter_count_matches_the_built_model():
