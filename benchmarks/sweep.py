@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import subprocess
 import sys
 import time
@@ -30,7 +29,7 @@ ROOT = Path(__file__).resolve().parents[1]
 RESULTS = Path(__file__).parent / "results"
 
 
-def train_one(config_path: str, overrides: list[str], port: int) -> dict:
+def train_one(config_path: str, overrides: list[str]) -> dict:
     """One variant, in this process (torch at 1 thread): per-epoch metrics and the best epoch."""
     import numpy as np
     import pyarrow.parquet as pq
@@ -38,12 +37,12 @@ def train_one(config_path: str, overrides: list[str], port: int) -> dict:
     import torch.distributed as dist
 
     sys.path.insert(0, str(ROOT))
+    from train import single_process_group  # benchmarks/train.py, beside this file
+
     from eain_dist.config import load_config
     from eain_dist.train.steps import build_worker, evaluate, synchronized_batches, train_step
 
-    torch.set_num_threads(1)
-    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), GLOO_SOCKET_IFNAME="lo")
-    dist.init_process_group("gloo", rank=0, world_size=1)
+    single_process_group(threads=1)
     config = load_config(config_path, overrides)
     output = Path(config.data.output)
     meta = json.loads((output / "meta.json").read_text())
@@ -75,8 +74,8 @@ def train_one(config_path: str, overrides: list[str], port: int) -> dict:
     return {"overrides": overrides, "best": best, "history": history}
 
 
-def run_variant(args, tag: str, overrides: list[str], port: int) -> dict:
-    command = [sys.executable, __file__, "--one", args.config, "--port", str(port), *overrides]
+def run_variant(args, tag: str, overrides: list[str]) -> dict:
+    command = [sys.executable, __file__, "--one", args.config, *overrides]
     done = subprocess.run(command, capture_output=True, text=True, check=False)
     if done.returncode != 0:
         raise RuntimeError(f"variant {tag} failed:\n{done.stderr[-2000:]}")
@@ -107,16 +106,14 @@ def main() -> None:
     parser.add_argument("--parallel", type=int, default=2)
     parser.add_argument("--name", default="compare-tuning")
     parser.add_argument("--one", default=None, help=argparse.SUPPRESS)  # internal: run one variant here
-    parser.add_argument("--port", type=int, default=29600, help=argparse.SUPPRESS)
     args, overrides = parser.parse_known_args()
     if args.one:
-        print(json.dumps(train_one(args.one, overrides, args.port)))
+        print(json.dumps(train_one(args.one, overrides)))
         return
     variants = [(tag, [o for o in settings.split(",") if o]) for tag, _, settings in
                 (v.partition(":") for v in args.variant)]
     with ThreadPoolExecutor(args.parallel) as pool:
-        runs = list(pool.map(lambda item: run_variant(args, item[1][0], item[1][1], 29600 + item[0]),
-                             enumerate(variants)))
+        runs = list(pool.map(lambda variant: run_variant(args, *variant), variants))
     RESULTS.mkdir(exist_ok=True)
     (RESULTS / f"{args.name}.json").write_text(json.dumps({"config": args.config, "runs": runs}, indent=2))
     (RESULTS / f"{args.name}.md").write_text(render(args.name, args.config, runs))

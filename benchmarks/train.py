@@ -152,6 +152,20 @@ def bare_arm(prepared: Path, threads: int, epochs: int) -> dict:
     return {"torch_threads": torch.get_num_threads(), "history": history}
 
 
+def single_process_group(threads: int) -> None:
+    """A 1-rank gloo group on a free loopback port, torch at `threads` threads: what the worker's
+    pieces (eain_dist.train.steps) need to run without Ray."""
+    import torch
+    import torch.distributed as dist
+
+    torch.set_num_threads(threads)
+    os.environ.setdefault("GLOO_SOCKET_IFNAME", "lo")
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=0, world_size=1)
+
+
 def steps_arm(prepared: Path, threads: int, epochs: int, profile_to: Path | None = None) -> dict:
     """The Ray worker's pieces (eain_dist.train.steps) in a 1-process gloo group, without Ray."""
     import torch
@@ -160,12 +174,7 @@ def steps_arm(prepared: Path, threads: int, epochs: int, profile_to: Path | None
     from eain_dist.config import Config
     from eain_dist.train.steps import build_worker, synchronized_batches, train_step
 
-    torch.set_num_threads(threads)
-    os.environ.setdefault("GLOO_SOCKET_IFNAME", "lo")
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]
-    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=0, world_size=1)
+    single_process_group(threads)
     meta = json.loads((prepared / "meta.json").read_text())
     config = Config()
     worker = build_worker(config, meta, torch.device("cpu"))
@@ -204,12 +213,7 @@ def ablation_arm(prepared: Path, threads: int, batches: int = 20, rounds: int = 
     from eain_dist.model.loss import ctr_loss
     from eain_dist.model.registry import build_model
 
-    torch.set_num_threads(threads)
-    os.environ.setdefault("GLOO_SOCKET_IFNAME", "lo")
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]
-    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=0, world_size=1)
+    single_process_group(threads)
     meta = json.loads((prepared / "meta.json").read_text())
     config = Config()
     source = parquet_batches(prepared)

@@ -96,19 +96,18 @@ def _train_epoch(worker: Worker, state: TrainingState, tracker: Tracker, config:
 
 
 def _training_batches(config: Config, epoch: int):
-    if config.train.shuffle_buffer <= 0:
-        return _batches("train", config.train.batch_size, config)
-    rank = ray.train.get_context().get_world_rank()
-    return ray.train.get_dataset_shard("train").iter_batches(
-        batch_size=config.train.batch_size, batch_format="pyarrow", prefetch_batches=config.train.prefetch_batches,
-        local_shuffle_buffer_size=config.train.shuffle_buffer,
-        local_shuffle_seed=(config.train.seed * 1_000_003 + epoch) * 1_009 + rank)  # a new order every epoch
+    shuffle = {}
+    if config.train.shuffle_buffer > 0:  # a new order every epoch (and on every rank)
+        rank = ray.train.get_context().get_world_rank()
+        shuffle = {"local_shuffle_buffer_size": config.train.shuffle_buffer,
+                   "local_shuffle_seed": (config.train.seed * 1_000_003 + epoch) * 1_009 + rank}
+    return _batches("train", config.train.batch_size, config, **shuffle)
 
 
-def _batches(split: str, batch_size: int, config: Config):
+def _batches(split: str, batch_size: int, config: Config, **shuffle):
     shard = ray.train.get_dataset_shard(split)
     return shard.iter_batches(batch_size=batch_size, batch_format="pyarrow",
-                              prefetch_batches=config.train.prefetch_batches)
+                              prefetch_batches=config.train.prefetch_batches, **shuffle)
 
 
 def _prefixed(prefix: str, values: dict) -> dict:
