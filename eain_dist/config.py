@@ -39,6 +39,10 @@ class DataConfig:
     meta: str | list[str] | None = None  # item metadata, optional
     output: str = ".cache/eain/prepared/default"
     max_history: int = 50
+    # Histories of equal-timestamp reviews: input_order = every review earlier in the user's
+    # (timestamp, input position) order (the reference protocol); strict_time = only reviews of
+    # an earlier timestamp (same-time reviews share one history).
+    history_ties: str = "input_order"
     min_user_count: int = 3  # leave-last-out needs at least 3 interactions (DESIGN.md)
     min_item_count: int = 1
     k_core: bool = False  # repeat the min-count filters until both hold at once
@@ -192,6 +196,8 @@ def validate(config: Config) -> None:
     data, sampling = config.data, config.sampling
     _require(data.format in FORMATS, f"data.format must be one of {', '.join(FORMATS)}, got {data.format!r}")
     _require(data.vocab in ("exact", "hashed"), f"data.vocab must be exact or hashed, got {data.vocab!r}")
+    _require(data.history_ties in ("input_order", "strict_time"),
+             f"data.history_ties must be input_order or strict_time, got {data.history_ties!r}")
     _require(data.max_history >= 1, "data.max_history must be >= 1")
     _require(data.min_user_count >= 3, "data.min_user_count must be >= 3 (leave-last-out split)")
     _require(0.0 <= data.max_reject_fraction <= 1.0, "data.max_reject_fraction must be in [0, 1]")
