@@ -78,7 +78,8 @@ class TrainingStep:
 
     def __call__(self) -> None:
         out = self.model(self.batch)
-        total, _ = ctr_loss(out.logits, self.batch["label"], out.embedding_l2, self.model, self.config.l2)
+        total, _ = ctr_loss(out.logits, self.batch["label"], self.model, l2=self.config.l2,
+                            embedding_l2=self.config.embedding_l2)
         self.optimizer.zero_grad(set_to_none=True)
         total.backward()
         self.optimizer.step()

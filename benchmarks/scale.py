@@ -46,7 +46,8 @@ import torch.nn.functional as F
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
-from eain_dist.distributed.sharded_embedding import RowShard, RowWiseAdagrad, ShardedEmbeddingCollection
+from eain_dist.distributed.row_optimizers import RowWiseAdagrad
+from eain_dist.distributed.sharded_embedding import RowShard, ShardedEmbeddingCollection
 from eain_dist.model.embedding import TableConfig
 
 RESULTS = Path(__file__).parent / "results"

@@ -139,7 +139,8 @@ def bare_arm(prepared: Path, threads: int, epochs: int) -> dict:
             data_s += time.perf_counter() - fetch
             model.train()
             out = model(batch)
-            loss, bce = ctr_loss(out.logits, batch["label"], out.embedding_l2, model, config.model.l2)
+            loss, bce = ctr_loss(out.logits, batch["label"], model, l2=config.model.l2,
+                             embedding_l2=config.model.embedding_l2)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
@@ -226,7 +227,8 @@ def ablation_arm(prepared: Path, threads: int, batches: int = 20, rounds: int = 
     def bare(batch):
         model.train()
         out = model(batch)
-        loss, bce = ctr_loss(out.logits, batch["label"], out.embedding_l2, model, config.model.l2)
+        loss, bce = ctr_loss(out.logits, batch["label"], model, l2=config.model.l2,
+                             embedding_l2=config.model.embedding_l2)
         adam.zero_grad(set_to_none=True)
         loss.backward()
         adam.step()

@@ -56,7 +56,8 @@ def test_nccl_training_steps_match_gloo_on_cpu():
 
 
 def test_nccl_sharded_lookup_and_adam_update_match_a_dense_reference():
-    from eain_dist.distributed.sharded_embedding import RowWiseAdam, ShardedEmbeddingCollection
+    from eain_dist.distributed.row_optimizers import RowWiseAdam
+    from eain_dist.distributed.sharded_embedding import ShardedEmbeddingCollection
     from eain_dist.model.embedding import TableConfig
 
     rows, dim = 1000, 8

@@ -3,7 +3,8 @@
     <checkpoint>/dense.pt              rank 0: dense parameters + replicated tables, dense optimizer
     <checkpoint>/shards-rank=<r>.pt    rank r: its rows of each sharded table (global row ids),
                                        their weights and row-wise optimizer state
-    <checkpoint>/state.json            rank 0: epoch, steps, history of metrics
+    <checkpoint>/state.json            rank 0: epoch, steps (also the row-wise optimizers' clock),
+                                       history of metrics
 
 Restoring reads every shard file and keeps the rows the new rank owns (row % W == rank), so a
 checkpoint written by 2 workers restores on 1 or on 4.
@@ -45,4 +46,6 @@ def load(directory: str | Path, *, model: torch.nn.Module, dense_optimizer: torc
     for path in sorted(directory.glob("shards-rank=*.pt")):
         for table, values in torch.load(path, map_location="cpu", weights_only=True).items():
             collection.load_shard_rows(table, values["rows"], values)
-    return json.loads((directory / STATE).read_text())
+    state = json.loads((directory / STATE).read_text())
+    collection.steps = state["steps"]  # the row-wise optimizers' clock: rows remember steps by number
+    return state

@@ -40,46 +40,6 @@ from torch import Tensor, nn
 from eain_dist.model.embedding import EmbeddingCollection, TableConfig
 
 
-@dataclass(kw_only=True)
-class RowWiseAdagrad:
-    """Adagrad with one accumulator per row (mean of the squared gradient), as TorchRec's."""
-
-    lr: float = 0.05
-    eps: float = 1e-8
-
-    def state_for(self, rows: int, dim: int) -> dict[str, Tensor]:
-        return {"sum_sq": torch.zeros(rows)}
-
-    def update(self, weight: Tensor, state: dict[str, Tensor], rows: Tensor, grad: Tensor) -> None:
-        sum_sq = state["sum_sq"]
-        sum_sq.index_add_(0, rows, grad.square().mean(dim=1))
-        scale = self.lr / (sum_sq[rows].sqrt() + self.eps)
-        weight.index_add_(0, rows, -scale[:, None] * grad)
-
-
-@dataclass(kw_only=True)
-class RowWiseAdam:
-    """Lazy Adam: moments and step counts advance only for the rows a step touched."""
-
-    lr: float = 1e-3
-    betas: tuple[float, float] = (0.9, 0.999)
-    eps: float = 1e-8
-
-    def state_for(self, rows: int, dim: int) -> dict[str, Tensor]:
-        return {"m": torch.zeros(rows, dim), "v": torch.zeros(rows, dim), "step": torch.zeros(rows)}
-
-    def update(self, weight: Tensor, state: dict[str, Tensor], rows: Tensor, grad: Tensor) -> None:
-        beta1, beta2 = self.betas
-        step = state["step"][rows] + 1
-        state["step"][rows] = step
-        m = state["m"][rows].mul_(beta1).add_(grad, alpha=1 - beta1)
-        v = state["v"][rows].mul_(beta2).addcmul_(grad, grad, value=1 - beta2)
-        state["m"][rows], state["v"][rows] = m, v
-        m_hat = m / (1 - beta1 ** step)[:, None]
-        v_hat = v / (1 - beta2 ** step)[:, None]
-        weight[rows] -= self.lr * m_hat / (v_hat.sqrt() + self.eps)
-
-
 @dataclass
 class RowShard:
     """This rank's rows of one table: global row r = rank + world_size * local row."""
@@ -110,6 +70,7 @@ class ShardedEmbeddingCollection(EmbeddingCollection):
         self.rank = dist.get_rank(process_group)
         self.world_size = dist.get_world_size(process_group)
         self.optimizer = optimizer
+        self.steps = 0  # optimizer steps taken: the row-wise optimizers' clock (restored with checkpoints)
         self.device = device or torch.device("cpu")
         replicated = [c for c in tables if c.name not in sharded]
         self.tables = nn.ModuleDict({c.name: nn.Embedding(c.num_embeddings, c.embedding_dim) for c in replicated})
@@ -153,10 +114,11 @@ class ShardedEmbeddingCollection(EmbeddingCollection):
 
         `grad_scale` multiplies the summed gradients (1/W when each rank's loss is a local mean).
         """
+        self.steps += 1
         for shard in self.shards.values():
             rows, grads = _sum_by_row(shard)
             if len(rows):
-                self.optimizer.update(shard.weight, shard.state, rows, grads * grad_scale)
+                self.optimizer.update(shard.weight, shard.state, rows, grads * grad_scale, step=self.steps)
             shard.pending.clear()
 
     def zero_grad_shards(self) -> None:

@@ -42,7 +42,7 @@ class LR(nn.Module):
         w = looked_up.embeddings
         target = torch.cat([w[name] for name in TARGET_FEATURES], dim=-1).sum(-1)  # B
         history = masked_mean(torch.cat([w["hist_item"], w["hist_category"]], dim=-1), mask).sum(-1)  # B
-        return ModelOutput(logits=self.bias + target + history, embedding_l2=looked_up.l2)
+        return ModelOutput(logits=self.bias + target + history)
 
 
 class MF(nn.Module):
@@ -69,7 +69,7 @@ class MF(nn.Module):
         p_u, b_u = user[:, :-1], user[:, -1]
         q_i, b_i = item[:, :-1], item[:, -1]
         logits = (p_u * q_i).sum(-1) + b_u + b_i + self.bias  # B
-        return ModelOutput(logits=logits, embedding_l2=looked_up.l2)
+        return ModelOutput(logits=logits)
 
 
 class DNN(nn.Module):
@@ -89,7 +89,7 @@ class DNN(nn.Module):
         looked_up = lookup(self.embeddings, batch, ALL_FEATURES, mask)
         _, history = item_vectors(looked_up.embeddings)  # B x L x 2D
         fields = stack_fields(looked_up.embeddings, masked_mean(history, mask))  # B x F x D
-        return ModelOutput(logits=self.mlp(fields.flatten(1)), embedding_l2=looked_up.l2)
+        return ModelOutput(logits=self.mlp(fields.flatten(1)))
 
 
 class DIN(nn.Module):
@@ -98,7 +98,8 @@ class DIN(nn.Module):
     def __init__(self, config: ModelConfig, *, embeddings: EmbeddingCollection) -> None:
         super().__init__()
         self.embeddings = embeddings
-        self.attention = DinAttention(2 * config.embedding_dim, config.attention_hidden)
+        self.attention = DinAttention(2 * config.embedding_dim, config.attention_hidden,
+                                      config.attention_softmax)
         self.mlp = MLP(NUM_FIELDS * config.embedding_dim, config.mlp_hidden, config.dropout, config.mlp_batch_norm)
 
     @staticmethod
@@ -111,4 +112,4 @@ class DIN(nn.Module):
         target, history = item_vectors(looked_up.embeddings)  # B x 2D, B x L x 2D
         interest, _ = self.attention(target, history, mask)  # B x 2D
         fields = stack_fields(looked_up.embeddings, interest)  # B x F x D
-        return ModelOutput(logits=self.mlp(fields.flatten(1)), embedding_l2=looked_up.l2)
+        return ModelOutput(logits=self.mlp(fields.flatten(1)))

@@ -24,11 +24,16 @@ class ModelConfig:
 
     # Towers (DIN: attention unit 80-40, prediction MLP 200-80).
     attention_hidden: list[int] = field(default_factory=lambda: [80, 40])
+    attention_softmax: bool = False  # DIN attention weights normalised over the history (see din_attention.py)
     mlp_hidden: list[int] = field(default_factory=lambda: [200, 80])
     dropout: float = 0.1
     mlp_batch_norm: bool = False
-    # λ of the loss: squared L2 of dense weight matrices plus the embedding rows a batch touched.
-    l2: float = 1e-5
+    # L2 of the objective, (λ / 2) ||w||² (eain_dist/model/loss.py): `l2` on the dense weight
+    # matrices, `embedding_l2` on every row of every embedding table at every step (sharded
+    # tables get it from their row-wise optimizer, lazily). The tables' L2 is what keeps
+    # rarely seen ids from memorising their few rows (benchmarks/results/peer-parity.md).
+    l2: float = 0.0
+    embedding_l2: float = 0.005
 
     # EAIN blocks (ablation switches).
     use_din_attention: bool = True  # off: masked mean pooling of the history
@@ -60,6 +65,7 @@ def validate_model_config(cfg: ModelConfig) -> None:
     _check(all(width >= 1 for width in cfg.mlp_hidden), f"model.mlp_hidden widths must be >= 1, got {cfg.mlp_hidden}")
     _check(0.0 <= cfg.dropout < 1.0, f"model.dropout must be in [0, 1), got {cfg.dropout}")
     _check(cfg.l2 >= 0.0, f"model.l2 must be >= 0, got {cfg.l2}")
+    _check(cfg.embedding_l2 >= 0.0, f"model.embedding_l2 must be >= 0, got {cfg.embedding_l2}")
     _check(cfg.mask_block_count >= 1, f"model.mask_block_count must be >= 1, got {cfg.mask_block_count}")
     _check(cfg.mask_reduction_ratio > 0.0, f"model.mask_reduction_ratio must be > 0, got {cfg.mask_reduction_ratio}")
     _check(cfg.mask_block_hidden >= 1, f"model.mask_block_hidden must be >= 1, got {cfg.mask_block_hidden}")

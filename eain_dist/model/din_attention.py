@@ -3,8 +3,10 @@
     a_i = MLP([e_i, e_t, e_i - e_t, e_i * e_t])        one unnormalised weight per history item
     v_u = sum_i a_i e_i                                  over real (non-padded) items only
 
-As in DIN the weights are not softmax-normalised, so the interest keeps a sense of how much of
-the history matches the target. Item and category embeddings enter concatenated: e = [item; cat].
+As in DIN the weights are not softmax-normalised by default, so the interest keeps a sense of
+how much of the history matches the target; `softmax=True` normalises them over the real items
+(BARS' tuned DIN on Amazon does), so the interest is a weighted mean whatever the history's
+length. Item and category embeddings enter concatenated: e = [item; cat].
 """
 
 from __future__ import annotations
@@ -14,9 +16,9 @@ from torch import Tensor, nn
 
 
 class DinAttention(nn.Module):
-    def __init__(self, dim: int, hidden: list[int]) -> None:
+    def __init__(self, dim: int, hidden: list[int], softmax: bool = False) -> None:
         super().__init__()
-        self.dim = dim
+        self.dim, self.softmax = dim, softmax
         widths = [4 * dim, *hidden]
         # The first layer is applied in a fused form (see `first_layer`), the rest as usual.
         self.first = nn.Linear(widths[0], widths[1])
@@ -29,7 +31,10 @@ class DinAttention(nn.Module):
     def forward(self, target: Tensor, history: Tensor, mask: Tensor) -> tuple[Tensor, Tensor]:
         """target B x d, history B x L x d, mask B x L -> (interest B x d, weights B x L)."""
         scores = self.rest(self.first_layer(target, history)).squeeze(-1)  # B x L
-        weights = scores.masked_fill(~mask, 0.0)  # padded positions weigh exactly 0
+        if self.softmax:  # over the real items; an empty history gets all-zero weights
+            weights = torch.softmax(scores.masked_fill(~mask, float("-inf")), dim=1).nan_to_num(0.0)
+        else:
+            weights = scores.masked_fill(~mask, 0.0)  # padded positions weigh exactly 0
         # Multiply-and-sum, not bmm: CPU bmm over B tiny (1 x L) @ (L x d) products loops per row.
         interest = (weights.unsqueeze(-1) * history).sum(1)  # B x d
         return interest, weights

@@ -19,7 +19,8 @@ from torch.nn.parallel import DistributedDataParallel
 from eain_dist.config import Config
 from eain_dist.data.loader import empty_batch, to_device, to_tensors
 from eain_dist.distributed.collectives import all_gather_arrays, any_rank
-from eain_dist.distributed.sharded_embedding import RowShard, RowWiseAdagrad, RowWiseAdam, ShardedEmbeddingCollection
+from eain_dist.distributed.row_optimizers import RowWiseAdagrad, RowWiseAdam
+from eain_dist.distributed.sharded_embedding import RowShard, ShardedEmbeddingCollection
 from eain_dist.model.loss import ctr_loss
 from eain_dist.model.registry import build_model_with_embeddings, model_tables
 from eain_dist.train import metrics
@@ -53,9 +54,8 @@ def build_worker(config: Config, meta: dict, device: torch.device) -> Worker:
 
 
 def _row_optimizer(config: Config):
-    if config.train.embedding_optimizer == "adam":
-        return RowWiseAdam(lr=config.train.embedding_lr)
-    return RowWiseAdagrad(lr=config.train.embedding_lr)
+    optimizer = RowWiseAdam if config.train.embedding_optimizer == "adam" else RowWiseAdagrad
+    return optimizer(lr=config.train.embedding_lr, weight_decay=config.model.embedding_l2)
 
 
 def placement_plan(worker: Worker) -> list[str]:
@@ -90,7 +90,8 @@ def train_step(worker: Worker, batch: dict[str, torch.Tensor]) -> float:
     """One step on every rank; returns this rank's mean BCE (nan for an empty batch)."""
     worker.ddp.train()
     out = worker.ddp(batch)
-    loss, bce = _loss(worker, out, batch)
+    model = worker.config.model
+    loss, bce = ctr_loss(out.logits, batch["label"], worker.model, l2=model.l2, embedding_l2=model.embedding_l2)
     worker.dense_optimizer.zero_grad(set_to_none=True)
     loss.backward()
     worker.dense_optimizer.step()
@@ -98,14 +99,6 @@ def train_step(worker: Worker, batch: dict[str, torch.Tensor]) -> float:
     # gradient, so the same 1/W keeps both on the gradient of the global mean loss.
     worker.collection.step(grad_scale=1.0 / dist.get_world_size())
     return float(bce.detach()) if len(batch["label"]) else float("nan")
-
-
-def _loss(worker: Worker, out, batch) -> tuple[torch.Tensor, torch.Tensor]:
-    if len(batch["label"]) == 0:
-        # Zero, but still connected to the lookups: the backward all-to-alls must run here too.
-        connected = out.logits.sum() * 0.0 + out.embedding_l2 * 0.0
-        return connected, connected
-    return ctr_loss(out.logits, batch["label"], out.embedding_l2, worker.model, worker.config.model.l2)
 
 
 @torch.no_grad()
