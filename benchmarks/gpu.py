@@ -27,7 +27,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from eain_dist.config import load_config  # noqa: E402
 from eain_dist.distributed.sharded_embedding import RowWiseAdagrad, ShardedEmbeddingCollection  # noqa: E402
 from eain_dist.model.embedding import TableConfig  # noqa: E402
-from eain_dist.train import steps  # noqa: E402
+from eain_dist.data.loader import to_device  # noqa: E402
+from eain_dist.train.worker import build_worker, train_step  # noqa: E402
 
 
 def _timed(fn, repeats: int) -> float:
@@ -74,7 +75,7 @@ def eain_throughput(batch_size: int, device) -> dict:
             "features": {"user": "user", "item": "item", "hist_item": "item", "category": "category",
                          "hist_category": "category", "hour": "hour", "weekday": "weekday", "gap": "gap"},
             "max_history": 50}
-    worker = steps.build_worker(load_config(), meta, device)
+    worker = build_worker(load_config(), meta, device)
     rng = np.random.default_rng(0)
     batch = {
         "label": torch.from_numpy(rng.integers(0, 2, batch_size).astype(np.float32)),
@@ -87,10 +88,10 @@ def eain_throughput(batch_size: int, device) -> dict:
         "hist_len": torch.from_numpy(rng.integers(0, 51, batch_size)),
         "position": torch.zeros(batch_size, dtype=torch.long), "request_id": torch.zeros(batch_size, dtype=torch.long),
     }
-    batch = steps.to_device(batch, device)
+    batch = to_device(batch, device)
     for _ in range(3):
-        steps.train_step(worker, batch)
-    seconds = _timed(lambda: steps.train_step(worker, batch), 30)
+        train_step(worker, batch)
+    seconds = _timed(lambda: train_step(worker, batch), 30)
     return {"batch_size": batch_size, "samples_per_s": batch_size / seconds, "step_ms": seconds * 1000}
 
 

@@ -16,7 +16,8 @@ import torch.multiprocessing as mp
 
 from eain_dist.config import load_config
 from eain_dist.distributed import checkpoint
-from eain_dist.train import steps
+from eain_dist.data.loader import to_device, to_tensors
+from eain_dist.train.worker import build_worker, synchronized_batches, train_step
 
 pytestmark = pytest.mark.slow
 MAX_HISTORY = 6
@@ -73,12 +74,12 @@ def _init(rank: int, world: int, port: int) -> None:
 def _train_worker(rank: int, world: int, port: int, model: str, results, save_dir: str | None):
     _init(rank, world, port)
     try:
-        worker = steps.build_worker(config(model), META, torch.device("cpu"))
+        worker = build_worker(config(model), META, torch.device("cpu"))
         _same_start(worker)
         losses = []
         for batch in global_batches():
             local = batch.slice(rank * len(batch) // world, len(batch) // world)  # this rank's half
-            out = steps.train_step(worker, steps.to_device(steps.to_tensors(local, MAX_HISTORY), worker.device))
+            out = train_step(worker, to_device(to_tensors(local, MAX_HISTORY), worker.device))
             losses.append(out)
         result = {"losses": losses}
         if save_dir:
@@ -100,7 +101,7 @@ def _same_start(worker) -> None:
 
 
 def _predict(worker) -> list[float]:
-    batch = steps.to_tensors(global_batches(1, 40)[0], MAX_HISTORY)
+    batch = to_tensors(global_batches(1, 40)[0], MAX_HISTORY)
     worker.ddp.eval()
     with torch.no_grad():
         return torch.sigmoid(worker.model(batch).logits).tolist()
@@ -124,7 +125,7 @@ def test_two_workers_reproduce_one_workers_losses(model):
 def _restore_worker(rank: int, world: int, port: int, directory: str, results):
     _init(rank, world, port)
     try:
-        worker = steps.build_worker(config(), META, torch.device("cpu"))
+        worker = build_worker(config(), META, torch.device("cpu"))
         checkpoint.load(directory, model=worker.model, dense_optimizer=worker.dense_optimizer,
                         collection=worker.collection)
         results[rank] = _predict(worker)
@@ -145,9 +146,9 @@ def test_checkpoint_written_by_two_workers_restores_on_one_and_back(tmp_path):
 def _empty_rank_worker(rank: int, port: int, results):
     _init(rank, 2, port)
     try:
-        worker = steps.build_worker(config(), META, torch.device("cpu"))
+        worker = build_worker(config(), META, torch.device("cpu"))
         mine = global_batches(5)[: 5 if rank == 0 else 2]  # rank 1's shard runs out after 2 batches
-        seen = [len(b["label"]) for b in steps.synchronized_batches(mine, worker) if steps.train_step(worker, b) or True]
+        seen = [len(b["label"]) for b in synchronized_batches(mine, worker) if train_step(worker, b) or True]
         results[rank] = seen
     finally:
         dist.destroy_process_group()

@@ -6,8 +6,9 @@ lookup here is written as the same pipeline of steps the sharded one runs:
 
     dedupe (per table, across the features sharing it)  ->  lookup rows  ->  expand to features
 
-Locally "lookup rows" is one index into an `nn.Embedding`; sharded, it becomes route ids to
-their owner rank -> gather -> route embeddings back. Only that step is overridden.
+Locally "lookup rows" is one index into an `nn.Embedding` per table; sharded, it becomes route
+the ids of every sharded table to their owner ranks -> gather -> route embeddings back, one
+exchange for all tables. Only that step (`lookup_tables`) is overridden.
 """
 
 from __future__ import annotations
@@ -99,17 +100,22 @@ class EmbeddingCollection(nn.Module):
             nn.init.normal_(table.weight, std=init_std)
 
     def forward(self, features: Mapping[str, Tensor]) -> EmbeddingOutput:
+        ids = {config.name: dedupe(config, features) for config in self.table_configs}
+        rows = self.lookup_tables({name: unique.values for name, unique in ids.items()})  # table -> U x D
         embeddings: dict[str, Tensor] = {}
         l2_per_table = []
         for config in self.table_configs:
-            ids = dedupe(config, features)
-            rows = self.lookup_rows(config.name, ids.values)  # U x D
-            l2_per_table.append(unique_rows_l2(ids.values, rows))
-            embeddings.update(expand_to_features(config, ids, rows))
+            l2_per_table.append(unique_rows_l2(ids[config.name].values, rows[config.name]))
+            embeddings.update(expand_to_features(config, ids[config.name], rows[config.name]))
         return EmbeddingOutput(embeddings=embeddings, l2=torch.stack(l2_per_table).sum())
 
+    def lookup_tables(self, unique_ids: Mapping[str, Tensor]) -> dict[str, Tensor]:
+        """The rows of every table's unique ids (table -> U x D): the step a sharded collection
+        replaces (it routes all its sharded tables' ids in one exchange)."""
+        return {table: self.lookup_rows(table, ids) for table, ids in unique_ids.items()}
+
     def lookup_rows(self, table: str, unique_ids: Tensor) -> Tensor:
-        """The rows of `unique_ids` (U) of one table: U x D. The step a sharded collection replaces."""
+        """The rows of `unique_ids` (U) of one local table: U x D."""
         return self.tables[table](unique_ids)
 
 
