@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import json
+import math
 import os
+import shutil
 import socket
 from pathlib import Path
 
@@ -16,6 +18,8 @@ import torch.multiprocessing as mp
 
 from eain_dist.config import load_config
 from eain_dist.distributed import checkpoint
+from eain_dist.train import metrics
+from eain_dist.train.evaluation import split_metrics
 from eain_dist.data.loader import to_device, to_tensors
 from eain_dist.train.worker import build_worker, synchronized_batches, train_step
 
@@ -161,6 +165,49 @@ def test_uneven_shards_step_together_with_empty_batches():
     assert results[1] == [32, 32, 0, 0, 0]
 
 
+def _evaluation_worker(rank: int, port: int, parts: list, results):
+    _init(rank, 2, port)
+    try:
+        results[rank] = split_metrics(parts[rank], torch.device("cpu"))
+    finally:
+        dist.destroy_process_group()
+
+
+def test_two_ranks_evaluate_exactly_what_one_process_does():
+    """Uneven shares, every user and many tied logits on both ranks, logits past float32 sigmoid's 1.0."""
+    rng = np.random.default_rng(3)
+    n = 900
+    logits = np.round(rng.normal(scale=8, size=n), 0).astype(np.float32)  # ties, and |logit| > 17
+    labels = (rng.random(n) < 1 / (1 + np.exp(-logits / 4))).astype(np.float32)
+    users = rng.integers(0, 40, n)
+    cut = 650
+    parts = [{"logit": logits[:cut], "label": labels[:cut], "user": users[:cut]},
+             {"logit": logits[cut:], "label": labels[cut:], "user": users[cut:]}]
+    results = mp.get_context("spawn").Manager().dict()
+    mp.spawn(_evaluation_worker, args=(_free_port(), parts, results), nprocs=2, join=True)
+    expected = metrics.evaluate(logits, labels, users)
+    assert results[0] == results[1]
+    assert results[0] == pytest.approx(expected, rel=1e-12)
+
+
+def _batch_norm_worker(rank: int, port: int, results):
+    _init(rank, 1, port)
+    try:
+        cfg = load_config(overrides=["model.mlp_batch_norm=true", "model.dropout=0.0"])
+        worker = build_worker(cfg, META, torch.device("cpu"))
+        batch = global_batches(1, 33)[0]
+        losses = [train_step(worker, to_tensors(part, MAX_HISTORY)) for part in (batch.slice(0, 32), batch.slice(32))]
+        results[rank] = losses
+    finally:
+        dist.destroy_process_group()
+
+
+def test_batch_norm_trains_on_a_last_batch_of_one_row():
+    results = mp.get_context("spawn").Manager().dict()
+    mp.spawn(_batch_norm_worker, args=(_free_port(), results), nprocs=1, join=True)
+    assert all(np.isfinite(results[0]))
+
+
 @pytest.fixture(scope="module")
 def tiny_prepared(tmp_path_factory, ray_local):
     from eain_dist.data.pipeline import prepare
@@ -196,6 +243,11 @@ def test_worker_crash_resumes_from_checkpoint_and_wandb_logs(tiny_prepared, ray_
     assert history[0]["steps"] >= steps_per_epoch and history[1]["steps"] - history[0]["steps"] >= steps_per_epoch
     assert train_stats["steps"] == history[1]["steps"]
     assert [h["epoch"] for h in result.metrics["history"]] == [1, 2]
+    # Both ranks trained on about half of every epoch (equal shares; padding rows aside).
+    for h in history:
+        assert sum(h["samples_per_rank"]) == train_rows
+        assert all(abs(n / train_rows - 0.5) <= 0.05 for n in h["samples_per_rank"])
+    assert train_stats["samples_per_rank"] == history[-1]["samples_per_rank"]
     assert 0.5 < result.metrics["test"]["auc"] <= 1.0
     assert (run_dir / "curves.png").stat().st_size > 10_000
     written = json.loads((run_dir / "metrics.json").read_text())
@@ -209,3 +261,39 @@ def test_worker_crash_resumes_from_checkpoint_and_wandb_logs(tiny_prepared, ray_
     assert summary["test_auc"] == pytest.approx(result.metrics["test"]["auc"])
     assert any("valid_auc" in row for row in history)
     assert any(row.get("curves/_type") == "image-file" for row in history)  # the curves plot
+
+
+def test_evaluation_every_n_steps_with_an_all_positive_validation_split(tiny_prepared, ray_local, tmp_path):
+    """An undefined validation AUC (one class) neither crashes the run nor hides the best
+    checkpoint; patience 0 trains every epoch; batch norm copes with one-row batches."""
+    import pyarrow.compute as pc
+    import pyarrow.parquet as pq
+
+    from eain_dist.train.trainer import train
+
+    prepared = tmp_path / "prepared"
+    shutil.copytree(tiny_prepared / "prepared", prepared)
+    for path in (prepared / "valid").glob("*.parquet"):
+        table = pq.read_table(path)
+        pq.write_table(table.set_column(table.schema.get_field_index("label"), "label",
+                                        pc.cast(pc.add(pc.multiply(table["label"], 0), 1), pa.float32())), path)
+    run_dir = tmp_path / "run"
+    train_rows = json.loads((prepared / "meta.json").read_text())["splits"]["train"]
+    batch = 256
+    config = load_config(overrides=[
+        f"data.output={prepared}", f"train.run_dir={run_dir}", "data.max_history=8", "train.epochs=2",
+        f"train.batch_size={batch}", "train.eval_every_steps=5", "train.early_stopping_patience=0",
+        "model.mlp_batch_norm=true", "model.mlp_hidden=[32]", "wandb.mode=disabled"])
+    result = train(config, log=lambda message: None)
+
+    history = result.metrics["history"]
+    steps_per_epoch = -(-train_rows // batch)
+    assert [h["steps"] for h in history if not h["epoch_done"]] == list(range(5, 2 * steps_per_epoch + 1, 5))
+    assert [h["steps"] for h in history if h["epoch_done"]] == [steps_per_epoch, 2 * steps_per_epoch]
+    assert [h["evaluation"] for h in history] == list(range(1, len(history) + 1))
+    assert all(math.isnan(h["valid_auc"]) for h in history) and all(0 < h["test_auc"] < 1 for h in history)
+    train_stats = result.metrics["train"]
+    assert train_stats["epochs"] == 2 and train_stats["best_evaluation"] == 1 and train_stats["best_steps"] == 5
+    assert math.isnan(result.metrics["valid"]["auc"]) and result.metrics["test"]["auc"] == history[0]["test_auc"]
+    best = Path((run_dir / "checkpoints" / "BEST").read_text().strip())
+    assert json.loads((best / "state.json").read_text())["steps"] == 5

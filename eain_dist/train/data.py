@@ -40,7 +40,7 @@ def datasets(config: Config, meta: dict, splits: tuple[str, ...] = SPLITS,
         shuffled = shuffle == "files"
         # Reading Parquet is light work: half a CPU per read task fits beside the training workers.
         dataset = ray.data.read_parquet(
-            f"{path}/{split}", filesystem=arrow_fs, ray_remote_args={"num_cpus": 0.5},
+            f"{path}/{split}", filesystem=arrow_fs, num_cpus=0.5,
             # A new seed every execution of the plan, i.e. every epoch: a new file order.
             shuffle=ray.data.FileShuffleConfig(seed=config.train.seed, reseed_after_execution=True) if shuffled else None)
         if shuffle == "global":
