@@ -10,7 +10,7 @@ import statistics
 import time
 from pathlib import Path
 
-from train_arms import single_process_group
+from train_arms import bare_step, single_process_group
 from train_data import parquet_batches
 
 
@@ -24,7 +24,6 @@ def ablation_arm(prepared: Path, threads: int, batches: int = 20, rounds: int = 
     import eain_dist.train.worker as worker_module
     from eain_dist.config import Config
     from eain_dist.data.loader import to_tensors
-    from eain_dist.model.loss import ctr_loss
     from eain_dist.model.registry import build_model
 
     single_process_group(threads)
@@ -38,13 +37,7 @@ def ablation_arm(prepared: Path, threads: int, batches: int = 20, rounds: int = 
     adam = torch.optim.Adam(model.parameters(), lr=config.train.lr)
 
     def bare(batch):
-        model.train()
-        out = model(batch)
-        loss, bce = ctr_loss(out.logits, batch["label"], out.embedding_l2, model, config.model.l2)
-        adam.zero_grad(set_to_none=True)
-        loss.backward()
-        adam.step()
-        float(bce.detach())
+        bare_step(model, adam, batch, config.model.l2)
 
     def worker_variant(ddp: bool, any_rank: bool):
         worker = worker_module.build_worker(config, meta, torch.device("cpu"))

@@ -21,7 +21,6 @@ def bare_arm(prepared: Path, threads: int, epochs: int) -> dict:
 
     from eain_dist.config import Config
     from eain_dist.data.loader import to_tensors
-    from eain_dist.model.loss import ctr_loss
     from eain_dist.model.registry import build_model
 
     torch.set_num_threads(threads)
@@ -41,13 +40,7 @@ def bare_arm(prepared: Path, threads: int, epochs: int) -> dict:
                 break
             batch = to_tensors(table, meta["max_history"])
             data_s += time.perf_counter() - fetch
-            model.train()
-            out = model(batch)
-            loss, bce = ctr_loss(out.logits, batch["label"], out.embedding_l2, model, config.model.l2)
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
-            float(bce.detach())
+            bare_step(model, optimizer, batch, config.model.l2)
             samples += len(batch["label"])
         seconds = time.perf_counter() - started
         history.append({"epoch": epoch, "samples": samples, "seconds": seconds, "samples_per_s": samples / seconds,
@@ -55,6 +48,18 @@ def bare_arm(prepared: Path, threads: int, epochs: int) -> dict:
         print(f"bare {threads} thread(s) epoch {epoch}: {samples / seconds:,.0f} samples/s", flush=True)
     return {"torch_threads": torch.get_num_threads(), "history": history}
 
+
+def bare_step(model, optimizer, batch: dict, l2: float) -> None:
+    """One plain PyTorch training step: forward, `ctr_loss`, backward, the optimizer."""
+    from eain_dist.model.loss import ctr_loss
+
+    model.train()
+    out = model(batch)
+    loss, bce = ctr_loss(out.logits, batch["label"], out.embedding_l2, model, l2)
+    optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    optimizer.step()
+    float(bce.detach())
 
 
 def single_process_group(threads: int) -> None:
