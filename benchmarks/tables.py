@@ -23,6 +23,7 @@ samples/s = samples per step (2048) / seconds per step, over --steps timed steps
 Memory: the table bytes each rank holds (weights + optimizer state) and its peak RSS.
 
     python benchmarks/tables.py [--rows 1000000,100000000] [--steps 50] [--arms eain,unsharded,torchrec]
+    python benchmarks/tables.py --render --note "..."    # rewrite tables.md from tables.json
 
 Writes benchmarks/results/tables.json and tables.md.
 """
@@ -249,7 +250,7 @@ def to_markdown(report: dict) -> str:
                          f"{max(r['table_bytes'] for r in a['ranks']) / GIB:.2f} | "
                          f"{max(r['peak_rss'] for r in a['ranks']) / GIB:.2f} | {ratio} | "
                          f"{a['load_average_1m_before']:.1f} |")
-    lines += ["", *verdicts(report), ""]
+    lines += ["", *verdicts(report), *[f"- {note}" for note in report.get("notes", [])], ""]
     return "\n".join(lines)
 
 
@@ -275,11 +276,18 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=50)
     parser.add_argument("--warmup", type=int, default=5)
     parser.add_argument("--out", type=Path, default=RESULTS)
+    parser.add_argument("--render", action="store_true", help="rewrite tables.md from tables.json, measure nothing")
+    parser.add_argument("--note", action="append", default=[], help="with --render: a line added under the table")
     parser.add_argument("--child", help=argparse.SUPPRESS)
     parser.add_argument("--settings", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child:
         print(json.dumps(child(args.child, json.loads(args.settings))))
+        return
+    if args.render:
+        report = json.loads((args.out / "tables.json").read_text())
+        report["notes"] = args.note or report.get("notes", [])
+        write_results("tables", report, to_markdown(report), args.out)
         return
     machine = machine_info("torch")
     version = subprocess.run([str(TORCHREC_PYTHON), "-c", "import importlib.metadata as m; print(m.version('torchrec'))"],

@@ -15,6 +15,7 @@ import pytest
 import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
+import yaml
 
 from eain_dist.config import load_config
 from eain_dist.distributed import checkpoint
@@ -297,3 +298,6 @@ def test_evaluation_every_n_steps_with_an_all_positive_validation_split(tiny_pre
     assert math.isnan(result.metrics["valid"]["auc"]) and result.metrics["test"]["auc"] == history[0]["test_auc"]
     best = Path((run_dir / "checkpoints" / "BEST").read_text().strip())
     assert json.loads((best / "state.json").read_text())["steps"] == 5
+    # config.yaml: only the sections a run reads (not generate, tune or compare).
+    assert list(yaml.safe_load((run_dir / "config.yaml").read_text())) == ["data", "sampling", "model", "train",
+                                                                           "wandb", "ray"]
