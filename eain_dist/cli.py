@@ -132,9 +132,10 @@ def _prepare_and_report(config: Config):
 
 def _train(args) -> int:
     from eain_dist.runtime import init_ray
-    from eain_dist.train.trainer import results_table, train
+    from eain_dist.train.trainer import read_meta, results_table, train
 
     config = load_config(args.config, args.set)
+    read_meta(config)  # a missing or outdated prepared dataset is a one-line error before Ray starts
     init_ray(config.ray)
     result = train(config)
     print(f"\nrun directory: {result.run_dir}\n{results_table(result.metrics)}")

@@ -109,7 +109,9 @@ def test_din_attention_fused_first_layer_equals_the_concatenated_input():
     target, history = torch.randn(2, 3), torch.randn(2, 4, 3)
     expanded = target.unsqueeze(1).expand_as(history)
     din_input = torch.cat([history, expanded, history - expanded, history * expanded], dim=-1)  # B x L x 4d
-    torch.testing.assert_close(attention.first_layer(target, history), attention.first(din_input))
+    rows = torch.arange(2).repeat_interleave(4)  # history flattened to (B L) x d entries
+    torch.testing.assert_close(attention.first_layer(target, history.reshape(8, 3), rows),
+                               attention.first(din_input).reshape(8, 6))
 
 
 # -- SE-Net -------------------------------------------------------------------------------------

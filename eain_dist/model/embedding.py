@@ -6,8 +6,9 @@ lookup here is written as the same pipeline of steps the sharded one runs:
 
     dedupe (per table, across the features sharing it)  ->  lookup rows  ->  expand to features
 
-Locally "lookup rows" is one index into an `nn.Embedding`; sharded, it becomes route ids to
-their owner rank -> gather -> route embeddings back. Only that step is overridden.
+Locally "lookup rows" is one index into an `nn.Embedding` per table; sharded, it becomes route
+the ids of every sharded table to their owner ranks -> gather -> route embeddings back, one
+exchange for all tables. Only that step (`lookup_tables`) is overridden.
 """
 
 from __future__ import annotations
@@ -99,15 +100,20 @@ class EmbeddingCollection(nn.Module):
             nn.init.normal_(table.weight, std=init_std)
 
     def forward(self, features: Mapping[str, Tensor]) -> EmbeddingOutput:
+        ids = {config.name: dedupe(config, features) for config in self.table_configs}
+        rows = self.lookup_tables({name: unique.values for name, unique in ids.items()})  # table -> U x D
         embeddings: dict[str, Tensor] = {}
         for config in self.table_configs:
-            ids = dedupe(config, features)
-            rows = self.lookup_rows(config.name, ids.values)  # U x D
-            embeddings.update(expand_to_features(config, ids, rows))
+            embeddings.update(expand_to_features(config, ids[config.name], rows[config.name]))
         return EmbeddingOutput(embeddings=embeddings)
 
+    def lookup_tables(self, unique_ids: Mapping[str, Tensor]) -> dict[str, Tensor]:
+        """The rows of every table's unique ids (table -> U x D): the step a sharded collection
+        replaces (it routes all its sharded tables' ids in one exchange)."""
+        return {table: self.lookup_rows(table, ids) for table, ids in unique_ids.items()}
+
     def lookup_rows(self, table: str, unique_ids: Tensor) -> Tensor:
-        """The rows of `unique_ids` (U) of one table: U x D. The step a sharded collection replaces."""
+        """The rows of `unique_ids` (U) of one local table: U x D."""
         return self.tables[table](unique_ids)
 
 

@@ -1,7 +1,7 @@
-"""One worker's pieces of training: the model with its sharded tables, a step, an evaluation.
+"""One worker of a run: the model with its sharded tables and optimizers, its batches, a step.
 
 Kept apart from Ray so that tests can drive them from plain torch.distributed processes; the
-Ray Train loop (loop.py) strings them together.
+Ray Train loop (loop.py) strings them together, and evaluation.py evaluates with them.
 """
 
 from __future__ import annotations
@@ -9,7 +9,6 @@ from __future__ import annotations
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 
-import numpy as np
 import pyarrow as pa
 import torch
 import torch.distributed as dist
@@ -18,12 +17,11 @@ from torch.nn.parallel import DistributedDataParallel
 
 from eain_dist.config import Config
 from eain_dist.data.loader import empty_batch, to_device, to_tensors
-from eain_dist.distributed.collectives import all_gather_arrays, any_rank
+from eain_dist.distributed.collectives import any_rank
 from eain_dist.distributed.row_optimizers import RowWiseAdagrad, RowWiseAdam
 from eain_dist.distributed.sharded_embedding import RowShard, ShardedEmbeddingCollection
 from eain_dist.model.loss import ctr_loss
 from eain_dist.model.registry import build_model_with_embeddings, model_tables
-from eain_dist.train import metrics
 
 
 @dataclass
@@ -99,18 +97,3 @@ def train_step(worker: Worker, batch: dict[str, torch.Tensor]) -> float:
     # gradient, so the same 1/W keeps both on the gradient of the global mean loss.
     worker.collection.step(grad_scale=1.0 / dist.get_world_size())
     return float(bce.detach()) if len(batch["label"]) else float("nan")
-
-
-@torch.no_grad()
-def evaluate(worker: Worker, batches: Iterable[pa.Table]) -> dict[str, float]:
-    """Exact metrics over the whole split: every rank's predictions are gathered first."""
-    worker.ddp.eval()
-    parts = {"p": [], "label": [], "user": []}
-    for batch in synchronized_batches(batches, worker):
-        logits = worker.model(batch).logits
-        parts["p"].append(torch.sigmoid(logits).double().cpu().numpy())
-        parts["label"].append(batch["label"].cpu().numpy())
-        parts["user"].append(batch["user"].cpu().numpy())
-    local = {k: np.concatenate(v) if v else np.zeros(0) for k, v in parts.items()}
-    everything = all_gather_arrays(local, worker.device)
-    return metrics.evaluate(everything["p"], everything["label"], everything["user"].astype(np.int64))
