@@ -94,7 +94,7 @@ def fuxictr_runs(args, reference: Path, work: Path) -> list[dict]:
     if not models or args.skip_fuxictr:
         return []
     python, runs = fuxictr_python(args, work), []
-    for seed in FUXICTR_SEEDS[: args.seeds]:
+    for seed in FUXICTR_SEEDS[: args.fuxictr_seeds or args.seeds]:
         out = work / f"fuxictr-seed{seed}.jsonl"
         done = [json.loads(line) for line in out.read_text().splitlines()] if out.exists() else []
         if sorted(r["model"] for r in done) != sorted(models):
@@ -211,6 +211,7 @@ def main() -> None:
     parser.add_argument("--set", action="append", default=[], help="extra eain overrides, key=value")
     parser.add_argument("--work", default=str(ROOT / "benchmarks" / "work" / "peer-parity"))
     parser.add_argument("--fuxictr-python", default=None, help="a python with fuxictr==2.3.10 and polars<2")
+    parser.add_argument("--fuxictr-seeds", type=int, default=0, help="FuxiCTR runs per model (0 = --seeds)")
     parser.add_argument("--skip-fuxictr", action="store_true")
     args = parser.parse_args()
     args.models = [m for m in args.models.split(",") if m]
@@ -232,7 +233,7 @@ def main() -> None:
               "data": f"{Path(args.source).name} via {args.config}", "seeds": args.seeds, "table": table,
               "targets": targets(table), "fuxictr_runs": fuxictr, "project_runs": project,
               "settings": f"eain: {args.config} {' '.join(args.set)} (train.seed 0..{args.seeds - 1}); FuxiCTR: "
-                          f"run_fuxictr.py defaults, seeds {', '.join(map(str, FUXICTR_SEEDS[: args.seeds]))}"}
+                          f"run_fuxictr.py defaults, seeds {', '.join(map(str, FUXICTR_SEEDS[: args.fuxictr_seeds or args.seeds]))}"}
     RESULTS.mkdir(exist_ok=True)
     (RESULTS / f"{args.name}.json").write_text(json.dumps(report, indent=2))
     markdown = to_markdown(report)

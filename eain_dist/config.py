@@ -94,6 +94,10 @@ class TrainConfig:
     sharded_tables: list[str] = field(default_factory=lambda: ["user", "item"])  # the rest replicated
     # Evaluations without a better validation AUC before training stops; 0 = never stop early.
     early_stopping_patience: int = 3
+    # Factor on every learning rate (dense and row-wise) after each evaluation without a better
+    # validation AUC (FuxiCTR's reduce-on-plateau is 0.1); 1.0 = a constant rate. On Grocery it
+    # hurt DNN (0.755 against 0.777 test AUC) and helped MF (benchmarks/results/recipe-experiments.md).
+    lr_decay: float = 1.0
     # 0 = evaluate the valid split once per epoch; N > 0 = also every N optimizer steps (early
     # stopping, the best checkpoint and metrics.json's history then work per evaluation).
     eval_every_steps: int = 0
@@ -236,6 +240,7 @@ def validate(config: Config) -> None:
              f"train.shuffle must be files, global or none, got {train.shuffle!r}")
     _require(train.early_stopping_patience >= 0,
              f"train.early_stopping_patience must be >= 0 (0 = no early stopping), got {train.early_stopping_patience}")
+    _require(0.0 < train.lr_decay <= 1.0, f"train.lr_decay must be in (0, 1] (1 = constant rate), got {train.lr_decay}")
     _require(train.eval_every_steps >= 0,
              f"train.eval_every_steps must be >= 0 (0 = once per epoch), got {train.eval_every_steps}")
     _require(train.embedding_optimizer in ("adagrad", "adam"),
