@@ -4,7 +4,7 @@ Splits a quality gap into "data preparation" and "model + training recipe":
 
 1. the reference protocol's rows (DIN / BARS leave-last-out, ../shared/peers/prepare_reference.py);
 2. `eain prepare`'s own rows of the same reviews (configs/grocery.yaml by default), and the same
-   without Skive-Above (what the paper's negative dropping costs);
+   with Skive-Above (`sampling.skive_above=true`: what the paper's negative dropping costs);
 3. the reference rows converted into the prepared-dataset contract (../shared/peers/to_project_format.py);
 4. FuxiCTR 2.3.10 (DNN, DIN, LR) on the reference rows, in its own venv (created under --work
    unless --fuxictr-python names one), once per seed;
@@ -13,8 +13,11 @@ Splits a quality gap into "data preparation" and "model + training recipe":
 6. one table: test AUC mean ± std over the seeds (each run selected on validation AUC only),
    with the targets of issue 10 checked.
 
-    python benchmarks/peer_parity.py                        # Grocery, 3 seeds (about 3 h on 2 cores)
+    python benchmarks/peer_parity.py                        # Grocery, 3 seeds everywhere (about 5 h on 2 cores)
     python benchmarks/peer_parity.py --seeds 1 --models dnn,eain --skive-models ''   # a quick look
+    # what benchmarks/results/peer-parity.md holds (about 2.5 h on 2 quiet cores):
+    python benchmarks/peer_parity.py --seeds 3 --model-seeds lr=1,mf=1,din=1 --prepared-models dnn \
+        --prepared-seeds 1 --skive-models dnn --fuxictr-seeds 1
 
 Every step is skipped when its output is already there (finished compare runs are reused with
 --resume), so an interrupted run carries on. Writes benchmarks/results/<name>.json and .md.
@@ -36,7 +39,7 @@ GROCERY = ROOT.parent / "shared" / "data" / "grocery"
 RESULTS = Path(__file__).parent / "results"
 FUXICTR_MODELS = {"dnn": "DNN", "din": "DIN", "lr": "LR"}  # the project's name -> FuxiCTR's
 FUXICTR_SEEDS = (2019, 2020, 2021)
-ROWS = ("reference", "prepared", "prepared_no_skive")
+ROWS = ("reference", "prepared", "prepared_skive")
 
 
 def run(command: list, log: Path) -> None:
@@ -61,17 +64,17 @@ def reference_rows(args, work: Path) -> Path:
 
 
 def prepared_rows(args, work: Path, skive_above: bool) -> Path:
-    out = work / ("prepared" if skive_above else "prepared-no-skive")
+    out = work / ("prepared-skive" if skive_above else "prepared")
     if not (out / "meta.json").exists():
         run(eain("prepare", "--config", args.config, "--set", f"data.output={out}",
-                 *rows_settings("prepared" if skive_above else "prepared_no_skive")), work / f"{out.name}.log")
+                 *rows_settings("prepared_skive" if skive_above else "prepared")), work / f"{out.name}.log")
     return out
 
 
 def rows_settings(rows: str) -> list[str]:
     """The sampling settings that made a set of rows: `eain compare` re-prepares a dataset whose
     data or sampling settings differ from its own, so it must be given the same ones."""
-    return ["--set", "sampling.skive_above=false"] if rows == "prepared_no_skive" else []
+    return ["--set", "sampling.skive_above=true"] if rows == "prepared_skive" else []
 
 
 def converted_rows(reference: Path, template: Path, work: Path) -> Path:
@@ -113,16 +116,22 @@ def fuxictr_runs(args, reference: Path, work: Path) -> list[dict]:
 
 
 def project_runs(args, data: Path, rows: str, models: list[str], work: Path, seeds: int) -> list[dict]:
-    """`eain compare --seeds N` on one set of rows; its results.json rows (one per model, every seed)."""
-    if not models:
-        return []
+    """`eain compare --seeds N` on one set of rows, N from --model-seeds or `seeds`; the
+    results.json rows (one per model, every seed)."""
+    by_seeds: dict[int, list[str]] = {}
+    for model in models:
+        by_seeds.setdefault(args.model_seeds.get(model, seeds), []).append(model)
+    return [row for count, group in by_seeds.items() for row in compare(args, data, rows, group, work, count)]
+
+
+def compare(args, data: Path, rows: str, models: list[str], work: Path, seeds: int) -> list[dict]:
     # Paths relative to the checkout (every step runs there): a run's config.yaml, which
     # --resume compares, then does not depend on where the checkout lies.
     output, data = os.path.relpath(work / f"compare-{rows}", ROOT), os.path.relpath(data, ROOT)
     run(eain("compare", "--config", args.config, "--models", ",".join(models), "--seeds", str(seeds),
              "--resume", "--set", f"data.output={data}", "--set", f"compare.output={output}", *rows_settings(rows),
              "--set", f"compare.name=peer-parity-{rows}", *sum((["--set", s] for s in args.set), [])),
-        work / f"compare-{rows}.log")
+        work / f"compare-{rows}-{seeds}seeds.log")
     return json.loads((ROOT / output / "results.json").read_text())["runs"]
 
 
@@ -186,7 +195,7 @@ def cell(entry: dict | None, key: str = "test") -> str:
 
 def to_markdown(report: dict) -> str:
     columns = [("fuxictr", "FuxiCTR 2.3.10, reference rows"), ("reference", "eain, reference rows"),
-               ("prepared", "eain, `eain prepare` rows"), ("prepared_no_skive", "eain, prepare rows without Skive-Above")]
+               ("prepared", "eain, `eain prepare` rows"), ("prepared_skive", "eain, prepare rows with Skive-Above")]
     lines = [f"# {report['name']}: the project beside FuxiCTR on the same rows", "",
              f"`{report['command']}` ({report['data']}; seeds per cell: {report['seeds']}; mean ± std (n); each run "
              "stopped and selected on validation AUC only; test AUC at the best validation evaluation).", "",
@@ -201,6 +210,11 @@ def to_markdown(report: dict) -> str:
         if model in report["table"]:
             lines.append(f"| {model} | " + " | ".join(cell(report["table"][model].get(c), "valid") for c, _ in columns)
                          + " |")
+    lines += ["", "## What Skive-Above costs (the same reviews, `sampling.skive_above` true against false)", ""]
+    for model, columns in report["table"].items():
+        if "prepared" in columns and "prepared_skive" in columns:
+            test, valid = (columns["prepared_skive"][k]["mean"] - columns["prepared"][k]["mean"] for k in ("test", "valid"))
+            lines.append(f"- {model}: {test:+.4f} test AUC, {valid:+.4f} valid AUC")
     lines += ["", "## Targets (issue 10)", ""]
     lines += [f"- {'met' if met else 'MISSED'}: {what}: {figures}" for what, met, figures in report["targets"]]
     lines += ["", "Settings: " + report["settings"]]
@@ -215,8 +229,9 @@ def main() -> None:
     parser.add_argument("--meta", default=str(GROCERY / "item_meta.tsv"))
     parser.add_argument("--models", default="lr,mf,dnn,din,eain")
     parser.add_argument("--prepared-models", default=None, help="models trained on prepare's rows (default --models)")
-    parser.add_argument("--skive-models", default="dnn,eain", help="also trained on prepare's rows without Skive-Above")
+    parser.add_argument("--skive-models", default="dnn,eain", help="also trained on prepare's rows with Skive-Above")
     parser.add_argument("--seeds", type=int, default=3, help="seeds per model on the reference rows")
+    parser.add_argument("--model-seeds", default="", help="seeds of some models on every row set, e.g. din=1,lr=1")
     parser.add_argument("--prepared-seeds", type=int, default=0, help="seeds per model on prepare's rows (0 = --seeds)")
     parser.add_argument("--set", action="append", default=[], help="extra eain overrides, key=value")
     parser.add_argument("--work", default=str(ROOT / "benchmarks" / "work" / "peer-parity"))
@@ -225,22 +240,23 @@ def main() -> None:
     parser.add_argument("--skip-fuxictr", action="store_true")
     args = parser.parse_args()
     args.models = [m for m in args.models.split(",") if m]
+    args.model_seeds = {m: int(n) for m, _, n in (p.partition("=") for p in args.model_seeds.split(",") if p)}
     args.prepared_models = args.models if args.prepared_models is None else [
         m for m in args.prepared_models.split(",") if m]
     work = Path(args.work).resolve()
     work.mkdir(parents=True, exist_ok=True)
 
     reference = reference_rows(args, work)
-    prepared = prepared_rows(args, work, skive_above=True)
-    no_skive = prepared_rows(args, work, skive_above=False) if args.skive_models else None
+    prepared = prepared_rows(args, work, skive_above=False)
+    with_skive = prepared_rows(args, work, skive_above=True) if args.skive_models else None
     converted = converted_rows(reference, prepared, work)
     fuxictr = fuxictr_runs(args, reference, work)
     skive_models = [m for m in args.skive_models.split(",") if m in args.models]
     prepared_seeds = args.prepared_seeds or args.seeds
     project = {"reference": project_runs(args, converted, "reference", args.models, work, args.seeds),
                "prepared": project_runs(args, prepared, "prepared", args.prepared_models, work, prepared_seeds),
-               "prepared_no_skive": project_runs(args, no_skive, "prepared_no_skive", skive_models, work,
-                                                 prepared_seeds) if no_skive else []}
+               "prepared_skive": project_runs(args, with_skive, "prepared_skive", skive_models, work,
+                                              prepared_seeds) if with_skive else []}
     table = summarize(fuxictr, project)
     report = {"name": args.name, "command": "python benchmarks/peer_parity.py " + " ".join(sys.argv[1:]),
               "data": f"{Path(args.source).name} via {args.config}",

@@ -155,4 +155,4 @@ def test_a_dataset_is_current_wherever_it_was_written_but_not_after_a_sampling_c
     made = to_dict(load_config(overrides=["data.output=/abs/work/prepared"]))
     assert _preparation_settings(made) == _preparation_settings(to_dict(load_config(overrides=["data.output=work/prepared"])))
     assert _preparation_settings(made) != _preparation_settings(to_dict(load_config(
-        overrides=["data.output=/abs/work/prepared", "sampling.skive_above=false"])))
+        overrides=["data.output=/abs/work/prepared", "sampling.skive_above=true"])))

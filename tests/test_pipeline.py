@@ -90,7 +90,7 @@ def prepared(tmp_path_factory, ray_local):
     config = load_config(overrides=[
         f"data.source={folder / 'interactions.tsv'}", "data.format=interactions_tsv",
         f"data.output={folder / 'prepared'}", f"data.max_history={MAX_HISTORY}", "data.num_partitions=3",
-        f"sampling.negatives={NEGATIVES}", f"sampling.session_gap_s={SESSION_GAP}",
+        f"sampling.negatives={NEGATIVES}", f"sampling.session_gap_s={SESSION_GAP}", "sampling.skive_above=true",
     ])
     result = prepare(config, log=lambda message: None)
     out = folder / "prepared"
