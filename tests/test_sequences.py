@@ -15,7 +15,8 @@ POSITION = np.array([30, 10, 20, 5, 1, 3, 2])
 
 
 def ordered():
-    return sequences.sort_by_user_order(USER, ITEM, ITEM * 10, TIME, POSITION)
+    order = sequences.user_order(USER, TIME, POSITION)
+    return sequences.UserSequences.of_ordered(USER[order], ITEM[order], ITEM[order] * 10, TIME[order])
 
 
 def test_ties_follow_the_input_position_not_the_item():

@@ -29,28 +29,29 @@ SPLIT_NAMES = ("train", "valid", "test")
 
 @dataclass(frozen=True, kw_only=True)
 class UserSequences:
-    """A partition's interactions sorted by (user, timestamp, input position), with per-row user
-    bounds."""
+    """A partition's interactions in the users' order, with per-row user bounds."""
 
-    user: np.ndarray  # N, int64 user index
+    user: np.ndarray  # N, the user's ordinal in the partition: rows are grouped by it
     item: np.ndarray  # N, int64 item index
     category: np.ndarray  # N, int64 category index
     timestamp: np.ndarray  # N, int64 seconds
     user_start: np.ndarray  # N, first row of this row's user
     user_end: np.ndarray  # N, one past the last row of this row's user
 
+    @classmethod
+    def of_ordered(cls, user, item, category, timestamp) -> UserSequences:
+        """From rows already in `user_order`."""
+        boundaries = np.flatnonzero(np.diff(user)) + 1
+        starts = np.concatenate(([0], boundaries))
+        ends = np.concatenate((boundaries, [len(user)]))
+        lengths = ends - starts
+        return cls(user=user, item=item, category=category, timestamp=timestamp,
+                   user_start=np.repeat(starts, lengths), user_end=np.repeat(ends, lengths))
 
-def sort_by_user_order(user, item, category, timestamp, position) -> UserSequences:
-    order = np.lexsort((position, timestamp, user))
-    user, item, category, timestamp = user[order], item[order], category[order], timestamp[order]
-    boundaries = np.flatnonzero(np.diff(user)) + 1
-    starts = np.concatenate(([0], boundaries))
-    ends = np.concatenate((boundaries, [len(user)]))
-    lengths = ends - starts
-    return UserSequences(
-        user=user, item=item, category=category, timestamp=timestamp,
-        user_start=np.repeat(starts, lengths), user_end=np.repeat(ends, lengths),
-    )
+
+def user_order(user: np.ndarray, timestamp: np.ndarray, position: np.ndarray) -> np.ndarray:
+    """The permutation that puts rows in the users' order: (user, timestamp, input position)."""
+    return np.lexsort((position, timestamp, user))
 
 
 def history_end(seq: UserSequences, ties: str) -> np.ndarray:

@@ -1,0 +1,73 @@
+"""The stage functions of `eain prepare` on Arrow tables, without Ray: keys that collide never
+merge two ids, dedupe keeps the earliest review by (timestamp, input position), and a user
+partition comes out in the users' order."""
+
+from __future__ import annotations
+
+import numpy as np
+import pyarrow as pa
+
+from eain_dist.config import load_config
+from eain_dist.data import stages, vocab
+
+
+def records(rows, user_keys=None, item_keys=None) -> pa.Table:
+    """(user, item, timestamp, position) rows as the read stage makes them; keys forced if given."""
+    users, items, times, positions = (list(column) for column in zip(*rows))
+    return pa.table({"user": users, "item": items, "timestamp": pa.array(times, pa.int64()),
+                     "position": pa.array(positions, pa.int64()),
+                     "user_key": pa.array(user_keys if user_keys is not None else stages.keys_of(pa.array(users)),
+                                          pa.uint64()),
+                     "item_key": pa.array(item_keys if item_keys is not None else stages.keys_of(pa.array(items)),
+                                          pa.uint64())})
+
+
+def test_ids_sharing_a_key_are_told_apart_by_their_text():
+    counts = stages.Counts()
+    codes, first = stages.grouped(pa.array(["a", "b", "a", "c", "b"]), np.array([7, 7, 7, 3, 7], np.uint64),
+                                  counts, "user")
+    assert len(set(codes)) == 3 and codes[0] == codes[2] and codes[1] == codes[4] and codes[0] != codes[1]
+    assert sorted(first) == [0, 1, 3]
+    assert counts["keys"] == {"user_ids_sharing_a_key": 1}
+
+
+def test_split_by_key_keeps_each_partitions_rows_in_order():
+    table = pa.table({"v": np.arange(20)})
+    key = np.arange(20, dtype=np.uint64) * 7
+    parts = stages.split_by_key(table, key, 3)
+    for p, part in enumerate(parts):
+        assert part["v"].to_pylist() == [v for v in range(20) if (v * 7) % 3 == p]
+
+
+def test_item_stage_keeps_the_earliest_review_and_counts_distinct_users():
+    rows = [("u1", "i1", 200, 5), ("u1", "i1", 100, 9), ("u1", "i1", 100, 2),  # earliest: (100, 2)
+            ("u2", "i1", 300, 1), ("u3", "i2", 100, 3), ("u2", "i2", 50, 4), ("u4", "i3", 10, 6)]
+    meta = pa.table({"item": ["i2", "i1", "i2"], "category": ["c2", "c1", "later"]})
+    table, counts = stages.item_stage([records(rows[:4]), records(rows[4:])], [meta], min_count=2)
+    got = sorted(zip(*(table[c].to_pylist() for c in ("user", "item", "timestamp", "position", "item_count"))))
+    assert got == [("u1", "i1", 100, 2, 2), ("u2", "i1", 300, 1, 2), ("u2", "i2", 50, 4, 2), ("u3", "i2", 100, 3, 2)]
+    category = dict(zip(table["item"].to_pylist(), pa.compute.cast(table["category"], pa.string()).to_pylist()))
+    assert category == {"i1": "c1", "i2": "c2"}  # an item's first metadata record
+    assert counts["dedupe"] == {"rows_in": 7, "duplicates": 2}
+    assert counts["min_item_count"] == {"items_dropped": 1, "rows_dropped": 1}
+
+
+def test_users_sharing_a_key_and_a_bucket_keep_separate_timelines():
+    """Two users forced onto one key and one hashed row: each keeps its own order and history."""
+    config = load_config(overrides=["data.vocab=hashed", "data.user_buckets=2", "data.max_history=3",
+                                    "sampling.negatives=0", "data.min_user_count=3"])
+    rows = [("ann", "i1", 10, 1), ("bob", "i4", 10, 2), ("ann", "i2", 20, 3), ("bob", "i5", 15, 4),
+            ("ann", "i3", 20, 0), ("bob", "i6", 30, 5)]
+    numbered = records(rows, user_keys=[42] * 6).drop_columns(["item_key"]).append_column(
+        "category", pa.array([0] * 6, pa.int64()))
+    numbered = numbered.set_column(1, "item", pa.array([int(r[1][1:]) for r in rows], pa.int64()))
+    table, histogram, counts = stages.user_reduce([numbered], part=0, min_count=3)
+    assert counts["keys"] == {"user_ids_sharing_a_key": 1}
+    assert histogram.to_pylist() == [{"part": 0, "count": 3, "n": 2}]
+    users = stages.UserNumbering("hashed", 2, vocab.RankOffsets.from_histograms(histogram))
+    impressions, _ = stages.user_impressions(table, 0, config, users, stages.ItemFacts(10, None, np.zeros(10, np.int32)))
+    files = dict(stages.impression_files(impressions, 3, 100, seed=[0]))
+    test = files["test"].to_pylist()
+    assert sorted((r["item"], [i for i in r["hist_item"] if i]) for r in test) == [(2, [1, 3]), (6, [4, 5])]
+    assert {r["user"] for r in test} == {1}  # one table row, two timelines
+    assert len({r["request_id"] >> stages.REQUEST_SHIFT for r in test}) == 2  # two users' requests
