@@ -11,9 +11,10 @@ tables of one partition and returns tables and the counts of what it did (`Count
   user_impressions    users, histories, split, context, negatives, requests, Skive-Above
   impression_files    those impressions with their histories, a file's rows at a time
 
-Rows are grouped by a 64-bit key of the raw id (polars' string hash: fast, and the same in every
-process of a run), checked against the raw ids: two ids that share a key are told apart by their
-text, never merged (`grouped`). Hashed vocabularies hash only the output column.
+Partitions are chosen by a 64-bit key of the raw id (polars' string hash: fast, and the same in
+every process of a run); inside a partition rows are grouped by the raw id itself (sorted by key,
+then id: `_order`), so two ids that share a key are never merged. Hashed vocabularies hash only
+the output column.
 """
 
 from __future__ import annotations
@@ -68,26 +69,19 @@ def split_by_key(table: pa.Table, key: np.ndarray, partitions: int) -> list[pa.T
     return [table.take(order[bounds[p]:bounds[p + 1]]) for p in range(partitions)]
 
 
-def grouped(strings, keys: np.ndarray, counts: Counts, what: str) -> tuple[np.ndarray, np.ndarray]:
-    """(code of every row, first row of every code), codes ordered by (key, raw id).
+def _order(table: pa.Table, columns: list[str]) -> np.ndarray:
+    """The permutation sorting rows by `columns` (polars: several times faster than np.lexsort).
+    A key column followed by its raw id groups every id's rows together exactly: the text is
+    compared only where keys tie, so ids that share a key are never merged."""
+    return pl.from_arrow(table.select(columns)).select(pl.arg_sort_by(columns)).to_series().to_numpy()
 
-    Codes come from the keys; where two raw ids share a key (about 1 in 10^5 pairs of runs over
-    the full 54.5M users) they are numbered by their text instead, and counted."""
-    _, first, codes = np.unique(keys, return_index=True, return_inverse=True)
-    if len(keys) == 0 or pc.all(pc.equal(strings, pc.take(strings, first[codes]))).as_py():
-        return codes, first
-    encoded = pc.dictionary_encode(strings)
-    if isinstance(encoded, pa.ChunkedArray):
-        encoded = encoded.unify_dictionaries().combine_chunks()
-    raw = encoded.dictionary
-    order = pc.sort_indices(pa.table({"key": keys_of(raw), "raw": raw}), [("key", "ascending"), ("raw", "ascending")])
-    rank = np.empty(len(raw), np.int64)
-    rank[order.to_numpy()] = np.arange(len(raw))
-    codes = rank[encoded.indices.to_numpy(zero_copy_only=False)]
-    first = np.full(len(raw), len(codes), np.int64)
-    np.minimum.at(first, codes, np.arange(len(codes)))
-    counts.add("keys", **{f"{what}_ids_sharing_a_key": len(raw) - len(np.unique(keys))})
-    return codes, first
+
+def _changes(column) -> np.ndarray:
+    """True where a row's value differs from the row before (and at the first row)."""
+    n = len(column)
+    if n == 0:
+        return np.zeros(0, bool)
+    return np.r_[True, pc.not_equal(column.slice(1), column.slice(0, n - 1)).to_numpy(zero_copy_only=False)]
 
 
 def _concat(tables: list[pa.Table]) -> pa.Table:
@@ -127,57 +121,52 @@ def item_stage(reviews: list[pa.Table], meta: list[pa.Table], min_count: int) ->
     item_count, category (dictionary-encoded)."""
     counts = Counts()
     table = _concat(reviews)
-    item_code, item_first = grouped(table["item"], table["item_key"].to_numpy(), counts, "item")
-    user_code, _ = grouped(table["user"], table["user_key"].to_numpy(), counts, "user")
-    order = np.lexsort((table["position"].to_numpy(), table["timestamp"].to_numpy(), user_code, item_code))
-    item_code, user_code = item_code[order], user_code[order]
-    first = np.r_[True, (item_code[1:] != item_code[:-1]) | (user_code[1:] != user_code[:-1])]
-    kept_rows, item_code = order[first], item_code[first]
-    item_count = np.bincount(item_code, minlength=len(item_first))[item_code]  # distinct users of the row's item
+    table = table.take(_order(table, ["item_key", "item", "user_key", "user", "timestamp", "position"]))
+    new_item = _changes(table["item"])
+    first = new_item | _changes(table["user"])  # the earliest review of each (item, user)
+    item_of_pair = np.cumsum(new_item)[first] - 1
+    item_count = np.bincount(item_of_pair)[item_of_pair]  # distinct users of the pair's item
     keep = item_count >= min_count
-    counts.add("dedupe", rows_in=table.num_rows, duplicates=table.num_rows - len(kept_rows))
-    counts.add("min_item_count", items_dropped=len(np.unique(item_code[~keep])), rows_dropped=int((~keep).sum()))
-    rows = table.select(["user", "user_key", "item", "item_key", "timestamp", "position"]).take(kept_rows[keep])
-    category = pc.dictionary_encode(_categories(table["item"].take(item_first), meta, counts))  # nulls masked
+    counts.add("dedupe", rows_in=table.num_rows, duplicates=table.num_rows - int(first.sum()))
+    counts.add("min_item_count", items_dropped=len(np.unique(item_of_pair[~keep])), rows_dropped=int((~keep).sum()))
+    rows = table.select(["user", "user_key", "item", "item_key", "timestamp", "position"]).take(
+        np.flatnonzero(first)[keep])
+    category = pc.dictionary_encode(_categories(table["item"].filter(new_item), meta, counts))  # nulls masked
     return rows.append_column("item_count", pa.array(item_count[keep], pa.int64())).append_column(
-        "category", category.take(pa.array(item_code[keep]))), counts
+        "category", category.take(pa.array(item_of_pair[keep]))), counts
 
 
 def _categories(items: pa.Array, meta: list[pa.Table], counts: Counts) -> pa.Array:
     """The category of each item: its first metadata record's (metadata files repeat items)."""
     meta_table = _concat(meta) if meta else pa.table({"item": pa.array([], pa.string()),
                                                      "category": pa.array([], pa.string())})
-    codes, first = grouped(meta_table["item"], keys_of(meta_table["item"]), counts, "meta_item")
-    first = np.sort(first)  # each item's first record, in input order
-    counts.add("meta", items=len(first), duplicate_items=meta_table.num_rows - len(first))
-    found = pc.index_in(items, value_set=meta_table["item"].take(first))
-    return pc.take(meta_table["category"].take(first), found)
+    meta_table = meta_table.append_column("key", pa.array(keys_of(meta_table["item"]))).append_column(
+        "row", pa.array(np.arange(meta_table.num_rows)))  # the parts come in input order
+    meta_table = meta_table.take(_order(meta_table, ["key", "item", "row"]))
+    first = meta_table.filter(_changes(meta_table["item"]))
+    counts.add("meta", items=first.num_rows, duplicate_items=meta_table.num_rows - first.num_rows)
+    return pc.take(first["category"], pc.index_in(items, value_set=first["item"]))
 
 
 def drop_rare(parts: list[pa.Table], key: str, min_count: int, counts: Counts) -> pa.Table:
-    """k-core: the rows of users (key="user") or items ("item") with at least min_count rows;
-    item partitions come out grouped by item with their counts refreshed."""
+    """k-core: the rows of users (key="user") or items ("item") with at least min_count rows,
+    grouped by that id; an item's count is refreshed."""
     table = _concat(parts)
-    codes, _ = grouped(table[key], table[f"{key}_key"].to_numpy(), counts, key)
-    per_row = np.bincount(codes)[codes] if len(codes) else codes
+    table = table.take(_order(table, [f"{key}_key", key]))
+    group = np.cumsum(_changes(table[key])) - 1
+    per_row = np.bincount(group)[group] if len(group) else group
     keep = per_row >= min_count
     counts.add("k_core", **{f"{key}_rows_dropped": int((~keep).sum())})
-    if key == "user":
-        return table.filter(pa.array(keep))
-    order = np.argsort(codes, kind="stable")
-    order = order[keep[order]]
-    table = table.take(order)
-    return table.set_column(table.schema.get_field_index("item_count"), "item_count",
-                            pa.array(per_row[order], pa.int64()))
+    table = table.filter(pa.array(keep))
+    if key == "item":
+        table = table.set_column(table.schema.get_field_index("item_count"), "item_count",
+                                 pa.array(per_row[keep], pa.int64()))
+    return table
 
 
 def _item_groups(table: pa.Table) -> np.ndarray:
     """First row of every item of a partition grouped by item."""
-    item = table["item"]
-    if table.num_rows == 0:
-        return np.zeros(0, np.int64)
-    changed = pc.not_equal(item.slice(1), item.slice(0, table.num_rows - 1))
-    return np.flatnonzero(np.r_[True, changed.to_numpy(zero_copy_only=False)])
+    return np.flatnonzero(_changes(table["item"]))
 
 
 def _categories_of(table: pa.Table, rows: np.ndarray) -> pa.Array:
@@ -251,9 +240,8 @@ def user_reduce(parts: list[pa.Table], part: int, min_count: int) -> tuple[pa.Ta
     rows, the histogram of the kept users' counts, and the counts."""
     counts = Counts()
     table = _concat(parts)
-    code, _ = grouped(table["user"], table["user_key"].to_numpy(), counts, "user")
-    order = sequences.user_order(code, table["timestamp"].to_numpy(), table["position"].to_numpy())
-    code = code[order]
+    order = _order(table, ["user_key", "user", "timestamp", "position"])
+    code = np.cumsum(_changes(table["user"].take(order))) - 1
     per_user = np.bincount(code) if len(code) else np.zeros(0, np.int64)
     kept = per_user >= min_count
     keep_rows = kept[code]
@@ -329,8 +317,8 @@ def user_impressions(table: pa.Table, part: int, config: Config, numbering: User
     label = np.r_[np.ones(len(positive), np.float32), np.zeros(len(negative), np.float32)]
     item = np.concatenate([seq.item[positive], negative_item])
     category = np.concatenate([seq.category[positive], items.item_category[negative_item].astype(np.int64)])
-    position = sampling.random_positions(rows["request_id"][source], rng)
-    keep = _skive_above(rows["split"][source], rows["request_id"][source], position, label, config, counts)
+    position = sampling.random_positions(rows["request"][source], rng)
+    keep = _skive_above(rows["split"][source], rows["request"][source], position, label, config, counts)
     impressions = Impressions(seq, rows, index[code], source[keep], item[keep], category[keep], label[keep],
                               position[keep], counts)
     counts.add("impressions", **{name: int((rows["split"][impressions.source] == k).sum())
@@ -347,9 +335,12 @@ def _row_features(seq: sequences.UserSequences, rank: np.ndarray, max_history: i
     session = sampling.session_starts(seq.user_start, seq.timestamp, session_gap_s)
     own_request = split != sequences.SPLIT_TRAIN  # valid / test positives stand alone
     request_row = np.where(own_request, np.arange(len(split)), session) - seq.user_start
-    return {"hist_start": hist_start, "hist_end": hist_end, "split": split,
-            "request_id": (rank[seq.user] << REQUEST_SHIFT) | request_row,
-            **sequences.context_features(seq, hist_end)}
+    request_id = (rank[seq.user] << REQUEST_SHIFT) | request_row
+    # A dense request index: the rows with impressions of one request are adjacent (a session's rows follow
+    # its first; only a user's first rows, which have no impressions, may sit between).
+    request = np.cumsum(np.r_[True, request_id[1:] != request_id[:-1]]) - 1
+    return {"hist_start": hist_start, "hist_end": hist_end, "split": split, "request_id": request_id,
+            "request": request, **sequences.context_features(seq, hist_end)}
 
 
 def _negatives(positive: np.ndarray, seq: sequences.UserSequences, config: Config, items: ItemFacts,
@@ -357,7 +348,7 @@ def _negatives(positive: np.ndarray, seq: sequences.UserSequences, config: Confi
     """`sampling.negatives` items per positive that its user never had: (source rows, items)."""
     source = np.repeat(positive, config.sampling.negatives)
     key_space = int(max(items.num_items, seq.item.max(initial=0) + 1))
-    user_item_keys = np.unique(seq.user * key_space + seq.item)
+    user_item_keys = np.sort(seq.user * key_space + seq.item)
     drawn, ok = sampling.draw_negatives(_sampler(config, items, seq), rng, seq.user[source], user_item_keys, key_space)
     counts.add("negatives", drawn=int(ok.sum()), unavailable=int((~ok).sum()))
     return source[ok], drawn[ok]
@@ -372,11 +363,11 @@ def _sampler(config: Config, items: ItemFacts, seq: sequences.UserSequences):
     return sampling.FrequencyRankSampler.from_count_ranges(*items.count_ranges, config.sampling.popularity_power)
 
 
-def _skive_above(split, request_id, position, label, config: Config, counts: Counts) -> np.ndarray:
+def _skive_above(split, request, position, label, config: Config, counts: Counts) -> np.ndarray:
     keep = np.ones(len(label), dtype=bool)
     if config.sampling.skive_above:
         train = split == sequences.SPLIT_TRAIN
-        keep = ~train | sampling.skive_above_keep(request_id, position, label)
+        keep = ~train | sampling.skive_above_keep(request, position, label)
     counts.add("skive_above", negatives_dropped=int((~keep).sum()))
     return keep
 
@@ -388,17 +379,21 @@ def impression_files(impressions: Impressions, max_history: int, rows_per_file: 
     user by user in time order, they would reach SGD as one user's whole history at a time (on
     Grocery that cost EAIN 0.07 test AUC, and diverged)."""
     split = impressions.rows["split"][impressions.source]
+    seq = impressions.seq
+    windows = {name: sequences.history_windows(values, seq.user, max_history)
+               for name, values in (("item", seq.item), ("category", seq.category))}
     for k, name in enumerate(sequences.SPLIT_NAMES):
         chosen = np.flatnonzero(split == k)
         if name == "train":
             chosen = chosen[np.random.default_rng([*seed, k]).permutation(len(chosen))]
         for start in range(0, max(len(chosen), 1), rows_per_file):
-            yield name, _impression_table(impressions, chosen[start:start + rows_per_file], max_history)
+            yield name, _impression_table(impressions, chosen[start:start + rows_per_file], windows, max_history)
 
 
-def _impression_table(imp: Impressions, chosen: np.ndarray, max_history: int) -> pa.Table:
+def _impression_table(imp: Impressions, chosen: np.ndarray, windows: dict[str, np.ndarray],
+                      max_history: int) -> pa.Table:
     seq, rows, source = imp.seq, imp.rows, imp.source[chosen]
-    start, end = rows["hist_start"][source], rows["hist_end"][source]
+    start, end, user = rows["hist_start"][source], rows["hist_end"][source], seq.user[source]
     return pa.table({
         "label": pa.array(imp.label[chosen], pa.float32()),
         "user": pa.array(imp.user[source], pa.int64()),
@@ -407,8 +402,9 @@ def _impression_table(imp: Impressions, chosen: np.ndarray, max_history: int) ->
         "hour": pa.array(rows["hour"][source], pa.int64()),
         "weekday": pa.array(rows["weekday"][source], pa.int64()),
         "gap": pa.array(rows["gap"][source], pa.int64()),
-        "hist_item": _list_column(sequences.gather_history(seq.item, start, end, max_history), max_history),
-        "hist_category": _list_column(sequences.gather_history(seq.category, start, end, max_history), max_history),
+        "hist_item": _list_column(sequences.gather_history(windows["item"], user, end, max_history), max_history),
+        "hist_category": _list_column(sequences.gather_history(windows["category"], user, end, max_history),
+                                      max_history),
         "hist_len": pa.array(end - start, pa.int32()),
         "request_id": pa.array(rows["request_id"][source], pa.int64()),
         "position": pa.array(imp.position[chosen], pa.int32()),
