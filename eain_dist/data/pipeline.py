@@ -37,7 +37,7 @@ from eain_dist.data import stages, vocab
 from eain_dist.data.context import GAP_BUCKETS
 from eain_dist.data.errors import InputError
 from eain_dist.data.fs import expand_sources, filesystem_for
-from eain_dist.data.progress import PROGRESS_EVERY_S, Progress, gather
+from eain_dist.data.progress import PROGRESS_EVERY_S, Progress, TaskMemory, gather, peaks
 from eain_dist.data.reading import ReadResult, read_inputs
 from eain_dist.data.readers import reject_message
 from eain_dist.data.writer import Output
@@ -84,18 +84,21 @@ def prepare(config: Config, log=print, progress_every_s: float = PROGRESS_EVERY_
     counts = stages.Counts(read.counts)
     rejects = read.log.to_json()
     items, summaries = _item_stage(read, config, counts, progress)
+    task_peaks = read.task_peaks
     del read  # the item stage's tasks hold the input parts until they are done with them
     if data.k_core:
         items, summaries = _k_core(items, summaries, config, counts, progress)
     numbering = _item_numbering(summaries, config, output)
     progress.done(f"{numbering.num_items - 1:,} items, {numbering.num_categories - 1:,} categories"
                   if data.vocab == "exact" else "hashed items and categories")
-    by_user, item_category = _number_items(items, numbering, sum(s["rows"] for s in summaries), config, progress)
+    by_user, item_category = _number_items(items, numbering, sum(s["rows"] for s in summaries), config, progress,
+                                           task_peaks)
     del items
-    users, user_numbering = _user_reduce(by_user, config, counts, progress)
+    users, user_numbering = _user_reduce(by_user, config, counts, progress, task_peaks)
     del by_user
-    _user_stage(users, user_numbering, numbering, item_category, config, output, counts, progress)
+    _user_stage(users, user_numbering, numbering, item_category, config, output, counts, progress, task_peaks)
     meta = _meta(config, files, meta_files, counts, user_numbering, numbering, rejects)
+    meta["task_peak_rss_mib"] = task_peaks
     output.write_json("meta.json", meta)
     seconds = time.time() - started
     log(f"prepare: wrote {sum(meta['splits'].values()):,} impressions to {data.output} in {seconds:.1f}s")
@@ -141,13 +144,14 @@ def _check_rejects(read: ReadResult, data, output: Output) -> None:
 
 @ray.remote
 def _item_stage_task(min_count: int, reviews: int, part: int, *tables):
+    memory = TaskMemory()
     table, counts = stages.item_stage(list(tables[:reviews]), list(tables[reviews:]), min_count)
-    return table, {**stages.item_summary(table, part), "counts": counts}
+    return table, {**stages.item_summary(table, part), "counts": counts, "peak_rss_mib": memory.peak_mib()}
 
 
 @ray.remote
 def _split_task(key: str, partitions: int, table: pa.Table):
-    return stages.split_by_key(table, table[key].to_numpy(), partitions)
+    return stages.split_by_key(table, stages.keys_of(table[key]), partitions)
 
 
 @ray.remote
@@ -157,17 +161,18 @@ def _drop_rare_task(key: str, min_count: int, partitions: int, part: int, *table
     counts = stages.Counts()
     table = stages.drop_rare(list(tables), key, min_count, counts)
     if key == "user":
-        return [*stages.split_by_key(table, table["item_key"].to_numpy(), partitions), counts]
+        return [*stages.split_by_key(table, stages.keys_of(table["item"]), partitions), counts]
     return table, {**stages.item_summary(table, part), "counts": counts}
 
 
 @ray.remote
 def _number_items_task(table: pa.Table, part: int, numbering: stages.ItemNumbering, user_partitions: int,
                        output: Output):
+    memory = TaskMemory()
     by_user, vocab_rows, item_category = stages.number_items(table, part, numbering, user_partitions)
     if numbering.mode == "exact":
         output.write_table(f"vocab/item.parquet/part-{part:05d}.parquet", vocab_rows)
-    return [*by_user, item_category]
+    return [*by_user, item_category, {"peak_rss_mib": memory.peak_mib()}]
 
 
 @ray.remote
@@ -177,13 +182,15 @@ def _item_category_task(num_items: int, *pieces):
 
 @ray.remote(num_returns=2)
 def _user_reduce_task(part: int, min_count: int, *tables):
+    memory = TaskMemory()
     table, histogram, counts = stages.user_reduce(list(tables), part, min_count)
-    return table, {"histogram": histogram, "counts": counts, "rows": table.num_rows}
+    return table, {"histogram": histogram, "counts": counts, "rows": table.num_rows, "peak_rss_mib": memory.peak_mib()}
 
 
 @ray.remote
 def _user_stage_task(table: pa.Table, part: int, config: Config, numbering: stages.UserNumbering, num_items: int,
                      count_ranges, item_category: np.ndarray, output: Output) -> dict:
+    memory = TaskMemory()
     items = stages.ItemFacts(num_items, count_ranges, item_category)
     impressions, vocab_rows = stages.user_impressions(table, part, config, numbering, items)
     if numbering.mode == "exact":
@@ -193,7 +200,7 @@ def _user_stage_task(table: pa.Table, part: int, config: Config, numbering: stag
                                                seed=[config.sampling.seed, part]):
         number = files[split] = files.get(split, -1) + 1
         output.write_table(f"{split}/part-{part:05d}-{number:04d}.parquet", rows)
-    return impressions.counts
+    return {"counts": impressions.counts, "peak_rss_mib": memory.peak_mib()}
 
 
 # ----------------------------------------------------------------------------- the plan
@@ -210,6 +217,7 @@ def _item_stage(read: ReadResult, config: Config, counts: stages.Counts, progres
     summaries = gather([summary for _, summary in outputs], progress, "item partitions")
     for summary in summaries:
         counts.merge(summary["counts"])
+    peaks(summaries, "item_stage", read.task_peaks)
     progress.done(f"read {read.log.total_records():,} records, deduplicated by item "
                   f"({read.partitions} partitions)")
     return [table for table, _ in outputs], summaries
@@ -220,7 +228,7 @@ def _k_core(items: list, summaries: list[dict], config: Config, counts: stages.C
     data, partitions = config.data, len(items)
     rows = sum(s["rows"] for s in summaries)
     for round_ in range(1, MAX_K_CORE_ROUNDS + 1):
-        by_user = [_split_task.options(num_returns=partitions).remote("user_key", partitions, t) for t in items]
+        by_user = [_split_task.options(num_returns=partitions).remote("user", partitions, t) for t in items]
         users = [_drop_rare_task.options(num_returns=partitions + 1).remote(
             "user", data.min_user_count, partitions, p, *[parts[p] for parts in by_user]) for p in range(partitions)]
         for user_counts in ray.get([outputs[-1] for outputs in users]):
@@ -265,22 +273,25 @@ def _category_vocabulary(counts: pa.Table, mode: str, buckets: int) -> pa.Table:
     return pa.table({"raw": by_frequency["raw"], "index": pa.array(index, pa.int64()), "count": by_frequency["count"]})
 
 
-def _number_items(items: list, numbering: stages.ItemNumbering, rows: int, config: Config, progress: Progress):
+def _number_items(items: list, numbering: stages.ItemNumbering, rows: int, config: Config, progress: Progress,
+                  task_peaks: dict):
     user_partitions = _partitions(rows, config)
-    outputs = [_number_items_task.options(num_returns=user_partitions + 1).remote(
+    outputs = [_number_items_task.options(num_returns=user_partitions + 2).remote(
         table, p, numbering, user_partitions, Output(config.data.output, config)) for p, table in enumerate(items)]
-    item_category = _item_category_task.remote(numbering.num_items, *[parts[-1] for parts in outputs])
-    gather([item_category], progress, "item numbering")
+    item_category = _item_category_task.remote(numbering.num_items, *[parts[-2] for parts in outputs])
+    peaks(gather([parts[-1] for parts in outputs] + [item_category], progress, "item numbering")[:-1],
+          "number_items", task_peaks)
     progress.done(f"items numbered, partitioned by user ({user_partitions} partitions)")
     return [[parts[p] for parts in outputs] for p in range(user_partitions)], item_category
 
 
-def _user_reduce(by_user: list[list], config: Config, counts: stages.Counts, progress: Progress):
+def _user_reduce(by_user: list[list], config: Config, counts: stages.Counts, progress: Progress, task_peaks: dict):
     min_count = config.data.min_user_count
     outputs = [_user_reduce_task.remote(p, min_count, *parts) for p, parts in enumerate(by_user)]
     summaries = gather([summary for _, summary in outputs], progress, "user partitions")
     for summary in summaries:
         counts.merge(summary["counts"])
+    peaks(summaries, "user_reduce", task_peaks)
     offsets = vocab.RankOffsets.from_histograms(pa.concat_tables([s["histogram"] for s in summaries]))
     num_users = offsets.total + 1 if config.data.vocab == "exact" else config.data.user_buckets
     progress.done(f"{offsets.total:,} users in their order")
@@ -289,15 +300,17 @@ def _user_reduce(by_user: list[list], config: Config, counts: stages.Counts, pro
 
 
 def _user_stage(users: list, numbering: stages.UserNumbering, items: stages.ItemNumbering, item_category,
-                config: Config, output: Output, counts: stages.Counts, progress: Progress) -> None:
+                config: Config, output: Output, counts: stages.Counts, progress: Progress, task_peaks: dict) -> None:
     data = config.data
     count_ranges = items.offsets.count_ranges() if items.offsets else None
     history_bytes = 3 * data.rows_per_file * 2 * data.max_history * 8
     results = [_user_stage_task.options(memory=_memory(rows, USER_STAGE_BYTES_PER_ROW, history_bytes)).remote(
         table, p, config, numbering, items.num_items, count_ranges, item_category, output)
         for p, (table, rows) in enumerate(users)]
-    for result in gather(results, progress, "user partitions written"):
-        counts.merge(result)
+    results = gather(results, progress, "user partitions written")
+    for result in results:
+        counts.merge(result["counts"])
+    peaks(results, "user_stage", task_peaks)
     progress.done("histories, splits, context, negatives, Skive-Above; wrote train / valid / test")
 
 

@@ -43,3 +43,30 @@ def gather(refs: list, progress: Progress, what: str, rows: Callable[[object], i
             counted += rows(value) if rows else 0
         progress.running(what, len(results), len(refs), counted if rows else None)
     return [results[ref] for ref in refs]
+
+
+class TaskMemory:
+    """A task's peak resident memory (MiB), for meta.json: what a node needs per running task.
+    Linux only (the process's high-water mark, reset when the task starts); None elsewhere."""
+
+    def __init__(self):
+        try:
+            with open("/proc/self/clear_refs", "w") as handle:
+                handle.write("5")
+            self.available = True
+        except OSError:
+            self.available = False
+
+    def peak_mib(self) -> int | None:
+        if not self.available:
+            return None
+        with open("/proc/self/status") as handle:
+            line = next(line for line in handle if line.startswith("VmHWM:"))
+        return int(line.split()[1]) // 1024
+
+
+def peaks(summaries: list[dict], stage: str, into: dict) -> None:
+    """The largest task peak of a stage, into meta.json's task_peak_rss_mib."""
+    values = [s["peak_rss_mib"] for s in summaries if s.get("peak_rss_mib") is not None]
+    if values:
+        into[stage] = max(values + [into.get(stage, 0)])

@@ -25,7 +25,7 @@ import ray
 from eain_dist.config import Config
 from eain_dist.data import stages
 from eain_dist.data.fs import filesystem_for
-from eain_dist.data.progress import Progress, gather
+from eain_dist.data.progress import Progress, TaskMemory, gather, peaks
 from eain_dist.data.readers import (Chunk, RejectLog, checked_format, read_chunk, read_interactions,
                                     read_item_meta)
 from eain_dist.data.readers.lines import Lines
@@ -49,6 +49,7 @@ class ReadResult:
     log: RejectLog  # the reviews' (meta.json "rejects")
     counts: stages.Counts  # read: records, rejects; meta: records, rejects
     rows_per_partition: int  # reviews read / partitions
+    task_peaks: dict  # stage -> the largest peak RSS of its tasks (MiB)
 
 
 @dataclass(frozen=True)
@@ -63,7 +64,7 @@ class _Stream:
 
 def read_inputs(files: list[str], meta_files: list[str], config: Config, progress: Progress, cpus: int,
                 partitions_for: Callable[[int], int]) -> ReadResult:
-    parts, streams, estimated = [], [], 0
+    parts, streams, estimated, task_peaks = [], [], 0, {}
     for kind, paths in (("reviews", files), ("meta", meta_files)):
         for index, path in enumerate(paths):
             file_parts, stream, records = _plan(path, index, kind, config)
@@ -84,9 +85,10 @@ def read_inputs(files: list[str], meta_files: list[str], config: Config, progres
     if meta_files:
         counts.add("meta", records=logs["meta"].total_records(), rejects=logs["meta"].total_rejects())
     rows = logs["reviews"].total_records()
+    peaks(summaries, "read", task_peaks)
     with_tables = {kind: [result for result, _ in pairs if result.tables] for kind, pairs in by_kind.items()}
     return ReadResult(partitions, with_tables["reviews"], with_tables["meta"], logs["reviews"], counts,
-                      max(1, rows // partitions))
+                      max(1, rows // partitions), task_peaks)
 
 
 def _plan(path: str, index: int, kind: str, config: Config) -> tuple[list, list, int]:
@@ -131,14 +133,16 @@ def _by_item(table: pa.Table, kind: str, file_index: int, partitions: int) -> li
     return stages.meta_by_item(table, partitions)
 
 
-def _returned(pieces: list[list[pa.Table]], log: RejectLog, kind: str, rows: int, started: float) -> list:
+def _returned(pieces: list[list[pa.Table]], log: RejectLog, kind: str, rows: int, started: float,
+              memory: TaskMemory) -> list:
     tables = [pa.concat_tables(parts) for parts in pieces]
-    return [*tables, {"log": log, "rows": rows, "kind": kind, "span": (started, time.time())}]
+    return [*tables, {"log": log, "rows": rows, "kind": kind, "span": (started, time.time()),
+                      "peak_rss_mib": memory.peak_mib()}]
 
 
 @ray.remote
 def _read_part_task(part: FilePart, kind: str, partitions: int, config: Config):
-    started = time.time()
+    started, memory = time.time(), TaskMemory()
     fs, local = filesystem_for(part.path, config.data.s3)
     log = RejectLog(max_samples=config.data.reject_samples)
     reader = read_interactions if kind == "reviews" else read_item_meta
@@ -148,7 +152,7 @@ def _read_part_task(part: FilePart, kind: str, partitions: int, config: Config):
         rows += table.num_rows
         for p, piece in enumerate(_by_item(table, kind, part.file_index, partitions)):
             pieces[p].append(piece)
-    return _returned(pieces, log, kind, rows, started)
+    return _returned(pieces, log, kind, rows, started, memory)
 
 
 @dataclass(frozen=True)
@@ -182,13 +186,13 @@ def _inflate_task(path: str, config: Config):
 @ray.remote
 def _parse_chunk_task(info: _ChunkInfo, data: np.ndarray, stream: _Stream, first: bool, partitions: int,
                       config: Config):
-    started = time.time()
+    started, memory = time.time(), TaskMemory()
     _, local = filesystem_for(stream.path, config.data.s3)
     log = RejectLog(max_samples=config.data.reject_samples)
     chunk = Chunk(info.first_line, memoryview(data), info.complete, info.newlines, info.offset)
     table = read_chunk(local, stream.fmt, chunk, log, meta=stream.kind == "meta", first=first)
     return _returned([[piece] for piece in _by_item(table, stream.kind, stream.file_index, partitions)],
-                     log, stream.kind, table.num_rows, started)
+                     log, stream.kind, table.num_rows, started, memory)
 
 
 def _submit_part(part: FilePart, kind: str, partitions: int, config: Config) -> PartResult:
