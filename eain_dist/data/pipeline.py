@@ -52,7 +52,7 @@ FEATURES = {"user": "user", "item": "item", "hist_item": "item", "category": "ca
 MAX_K_CORE_ROUNDS = 50
 # Peak heap of a task per row it holds, measured with benchmarks/prepare.py (tree PSS per task);
 # the user stage adds one output file's histories (rows_per_file x 2 lists x max_history x 8 B, x3).
-ITEM_STAGE_BYTES_PER_ROW = 400
+SHUFFLE_BYTES_PER_ROW = 400  # item stage, user reduce
 USER_STAGE_BYTES_PER_ROW = 600
 
 
@@ -91,10 +91,11 @@ def prepare(config: Config, log=print, progress_every_s: float = PROGRESS_EVERY_
     numbering = _item_numbering(summaries, config, output)
     progress.done(f"{numbering.num_items - 1:,} items, {numbering.num_categories - 1:,} categories"
                   if data.vocab == "exact" else "hashed items and categories")
-    by_user, item_category = _number_items(items, numbering, sum(s["rows"] for s in summaries), config, progress,
-                                           task_peaks)
+    by_user, item_category = _number_items(items, numbering, sum(s["rows"] for s in summaries), config, output,
+                                           progress, task_peaks)
     del items
-    users, user_numbering = _user_reduce(by_user, config, counts, progress, task_peaks)
+    users, user_numbering = _user_reduce(by_user, sum(s["rows"] for s in summaries), config, counts, progress,
+                                         task_peaks)
     del by_user
     _user_stage(users, user_numbering, numbering, item_category, config, output, counts, progress, task_peaks)
     meta = _meta(config, files, meta_files, counts, user_numbering, numbering, rejects)
@@ -118,7 +119,8 @@ def _partitions(rows: int, config: Config) -> int:
 
 
 def _memory(rows: int, bytes_per_row: int, extra: int = 0) -> int:
-    """A task's memory request, at most the largest node's memory (so it stays schedulable)."""
+    """A task's memory request, at most 80% of the largest node's (so that it stays schedulable):
+    a node then runs only as many heavy tasks at once as its memory holds."""
     largest = max((node["Resources"].get("memory", 0) for node in ray.nodes() if node["Alive"]), default=0)
     wanted = rows * bytes_per_row + extra
     return int(min(wanted, 0.8 * largest)) if largest else wanted
@@ -208,12 +210,10 @@ def _user_stage_task(table: pa.Table, part: int, config: Config, numbering: stag
 
 def _item_stage(read: ReadResult, config: Config, counts: stages.Counts, progress: Progress):
     reviews = len(read.reviews)
-    outputs = []
-    for p in range(read.partitions):
-        tables = [part.tables[p] for part in read.reviews] + [part.tables[p] for part in read.meta]
-        rows = read.rows_per_partition
-        outputs.append(_item_stage_task.options(num_returns=2, memory=_memory(rows, ITEM_STAGE_BYTES_PER_ROW)).remote(
-            config.data.min_item_count, reviews, p, *tables))
+    task = _item_stage_task.options(num_returns=2, memory=_memory(read.rows_per_partition, SHUFFLE_BYTES_PER_ROW))
+    outputs = [task.remote(config.data.min_item_count, reviews, p,
+                           *[part.tables[p] for part in read.reviews], *[part.tables[p] for part in read.meta])
+               for p in range(read.partitions)]
     summaries = gather([summary for _, summary in outputs], progress, "item partitions")
     for summary in summaries:
         counts.merge(summary["counts"])
@@ -273,11 +273,11 @@ def _category_vocabulary(counts: pa.Table, mode: str, buckets: int) -> pa.Table:
     return pa.table({"raw": by_frequency["raw"], "index": pa.array(index, pa.int64()), "count": by_frequency["count"]})
 
 
-def _number_items(items: list, numbering: stages.ItemNumbering, rows: int, config: Config, progress: Progress,
-                  task_peaks: dict):
+def _number_items(items: list, numbering: stages.ItemNumbering, rows: int, config: Config, output: Output,
+                  progress: Progress, task_peaks: dict):
     user_partitions = _partitions(rows, config)
     outputs = [_number_items_task.options(num_returns=user_partitions + 2).remote(
-        table, p, numbering, user_partitions, Output(config.data.output, config)) for p, table in enumerate(items)]
+        table, p, numbering, user_partitions, output) for p, table in enumerate(items)]
     item_category = _item_category_task.remote(numbering.num_items, *[parts[-2] for parts in outputs])
     peaks(gather([parts[-1] for parts in outputs] + [item_category], progress, "item numbering")[:-1],
           "number_items", task_peaks)
@@ -285,9 +285,11 @@ def _number_items(items: list, numbering: stages.ItemNumbering, rows: int, confi
     return [[parts[p] for parts in outputs] for p in range(user_partitions)], item_category
 
 
-def _user_reduce(by_user: list[list], config: Config, counts: stages.Counts, progress: Progress, task_peaks: dict):
-    min_count = config.data.min_user_count
-    outputs = [_user_reduce_task.remote(p, min_count, *parts) for p, parts in enumerate(by_user)]
+def _user_reduce(by_user: list[list], sum_rows: int, config: Config, counts: stages.Counts, progress: Progress,
+                 task_peaks: dict):
+    rows = math.ceil(sum_rows / len(by_user))
+    task = _user_reduce_task.options(memory=_memory(rows, SHUFFLE_BYTES_PER_ROW))
+    outputs = [task.remote(p, config.data.min_user_count, *parts) for p, parts in enumerate(by_user)]
     summaries = gather([summary for _, summary in outputs], progress, "user partitions")
     for summary in summaries:
         counts.merge(summary["counts"])
