@@ -1,5 +1,5 @@
-"""Measuring a command as a benchmark: wall seconds, peak memory of its whole process tree, the
-machine it ran on. Written to move into the benchmarks' shared helper module as it is.
+"""Measuring a command as a benchmark: wall seconds and peak memory of its whole process tree
+(psutil, so not in benchmarks/common.py, which is standard library only).
 
 Memory, sampled every 0.2 s while the command runs:
 - tree PSS: the summed proportional set size of the command and all its descendants (Ray's
@@ -12,13 +12,8 @@ Memory, sampled every 0.2 s while the command runs:
 
 from __future__ import annotations
 
-import datetime as dt
-import hashlib
-import json
 import os
-import platform
 import shlex
-import shutil
 import subprocess
 import threading
 import time
@@ -27,7 +22,8 @@ from pathlib import Path
 import ray  # noqa: F401  (puts Ray's bundled psutil on sys.path)
 import psutil  # noqa: E402
 
-ROOT = Path(__file__).resolve().parents[1]
+from common import ROOT
+
 SAMPLE_S = 0.2
 MIB = 1 << 20
 
@@ -115,37 +111,6 @@ def _wait_for_exit(processes, timeout_s: float = 30.0) -> None:
             process.terminate()
         except psutil.Error:
             pass
-
-
-def machine_info() -> dict:
-    versions = {module: __import__(module).__version__ for module in ("ray", "polars", "pyarrow", "numpy")}
-    model = next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
-                  if line.startswith("model name")), platform.processor())
-    return {"cpu_count": os.cpu_count(), "memory_gib": round(psutil.virtual_memory().total / (1 << 30), 1),
-            "dev_shm_gib": round(shutil.disk_usage("/dev/shm").total / (1 << 30), 1), "processor": model,
-            "python": platform.python_version(), "platform": platform.platform(), **versions,
-            "load_avg_1m_at_start": load_average()}
-
-
-def code_version(watched: list[str]) -> dict:
-    """The commit, the uncommitted files of the package, and a hash of the watched files."""
-    def git(*argv: str) -> str:
-        return subprocess.run(["git", *argv], cwd=ROOT, capture_output=True, text=True).stdout.strip()
-
-    digest = hashlib.sha256(b"".join((ROOT / path).read_bytes() for path in watched)).hexdigest()[:16]
-    return {"git_head": git("rev-parse", "--short", "HEAD"),
-            "uncommitted": git("status", "--porcelain", "--", "eain_dist").splitlines(), "sha256": digest}
-
-
-def write_results(results: Path, name: str, report: dict, markdown: str) -> None:
-    results.mkdir(parents=True, exist_ok=True)
-    (results / f"{name}.json").write_text(json.dumps(report, indent=2) + "\n")
-    (results / f"{name}.md").write_text(markdown)
-    print(f"wrote {results / name}.json and .md")
-
-
-def utc_now() -> str:
-    return dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
 
 
 def load_average() -> float:

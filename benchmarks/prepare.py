@@ -32,6 +32,7 @@ from pathlib import Path
 
 import measure  # benchmarks/measure.py
 from check_prepared import check
+from common import machine_info, write_results
 
 ROOT = Path(__file__).resolve().parents[1]
 EAIN = Path(sys.executable).parent / "eain"
@@ -165,11 +166,10 @@ def verdicts(runs: list[dict]) -> list[str]:
 def to_markdown(report: dict) -> str:
     m, runs = report["machine"], report["runs"]
     lines = [f"# `eain prepare` against a single-process polars implementation: {report['name']}", "",
-             f"`{report['command']}` under `/work/tools/quiet`, {report['date']}, commit {report['version']['git_head']}"
-             f" (uncommitted: {', '.join(report['version']['uncommitted']) or 'none'}).", "",
+             f"`{report['command']}` under `/work/tools/quiet`, {m['date']}, commit {m['code']}.", "",
              f"Machine: {m['processor']}, {m['cpu_count']} cores, {m['memory_gib']} GiB, ray {m['ray']}, polars "
              f"{m['polars']}, pyarrow {m['pyarrow']}, numpy {m['numpy']}, Python {m['python']}. 1-minute load "
-             f"average {m['load_avg_1m_at_start']} at the start, {m['load_avg_1m_at_end']} at the end (column load: "
+             f"average {m['load_average_at_start'][0]:.2f} at the start, {m['load_avg_1m_at_end']} at the end (column load: "
              "just before each run).", "",
              "Settings: " + ", ".join(f"`{s}`" for s in SETTINGS) + "; wall = the whole command (eain: Python, Ray "
              "start and shutdown included); rate = reviews / wall. Memory: peak over the run, sampled every 0.2 s, of "
@@ -218,7 +218,7 @@ def main() -> None:
         for tool, reviews in runs:
             input_for(tool, reviews, work)
         return
-    machine = measure.machine_info()
+    machine = machine_info("ray", "polars", "pyarrow", "numpy")
     logs = work / "logs"
     logs.mkdir(exist_ok=True)
     results = []
@@ -230,11 +230,9 @@ def main() -> None:
               flush=True)
     machine["load_avg_1m_at_end"] = measure.load_average()
     report = {"name": args.name, "command": "python benchmarks/prepare.py " + " ".join(sys.argv[1:]),
-              "date": measure.utc_now(), "machine": machine, "runs": results,
-              "version": measure.code_version(["eain_dist/data/pipeline.py", "eain_dist/data/stages.py",
-                                               "eain_dist/data/reading.py"])}
+              "machine": machine, "runs": results}
     report["verdicts"] = verdicts(results)
-    measure.write_results(args.results, args.name, report, to_markdown(report))
+    write_results(args.name, report, to_markdown(report), args.results)
 
 
 if __name__ == "__main__":
