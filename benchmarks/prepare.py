@@ -118,11 +118,12 @@ def _parsed(tool: str, output: str, out: Path) -> dict:
     meta = json.loads((out / "meta.json").read_text())
     if tool == "polars":
         return {"pipeline_s": meta["seconds"], "stages_s": meta["stages_s"], "splits": meta["splits"]}
-    stages = {re.sub(r"\d[\d,]*", "N", what): float(s) for what, s in re.findall(r"^prepare: (.*) \(([\d.]+)s\)$",
+    stages = {re.sub(r"\d[\d,]*", "N", what): float(s) for what, s in re.findall(r"^prepare: (.*) \(([\d.]+)s[,)]",
                                                                                  output, re.M)}
     pipeline_s = float(re.search(r"^prepare: wrote [\d,]+ impressions to .* in ([\d.]+)s$", output, re.M).group(1))
     return {"pipeline_s": pipeline_s, "stages_s": stages, "splits": meta["splits"], "read": meta["counts"]["read"],
-            "progress_lines": len(re.findall(r"^prepare:   ", output, re.M))}
+            "progress_lines": len(re.findall(r"^prepare:   ", output, re.M)),
+            "task_peak_rss_mib": meta.get("task_peak_rss_mib", {})}
 
 
 # ----------------------------------------------------------------------------- report
@@ -194,7 +195,9 @@ def to_markdown(report: dict) -> str:
             lines += ["", f"Stages (s), {r['tool']} {r['reviews']:,}: {stages}.{extra}"]
             if "read" in r:
                 lines[-1] += (f" Read by {r['read']['tasks']} tasks, at most {r['read']['most_tasks_on_one_file_at_once']}"
-                              f" on one file at once; {r['progress_lines']} progress lines.")
+                              f" on one file at once; {r['progress_lines']} progress lines. Largest task peak RSS "
+                              "(MiB) per stage: " + ", ".join(f"{k} {v:,}" for k, v in r["task_peak_rss_mib"].items())
+                              + ".")
     for r in runs:
         if "checks" in r:
             lines += ["", f"Checks, {r['tool']} {r['reviews']:,}: `{json.dumps(r['checks'])}`"]

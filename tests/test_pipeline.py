@@ -370,4 +370,5 @@ def test_large_files_read_in_parts_give_the_same_dataset(tmp_path, ray_local):
     assert whole["tasks"] == 2 and parts["tasks"] >= plain_ranges + 2  # ranges + the gzip file's chunks
     assert splits_of(tmp_path / "parts") == splits_of(tmp_path / "whole")
     assert any("tasks done" in line for line in lines)  # progress while stages run
-    assert any(line.startswith("prepare: read 4,000 records") for line in lines)
+    read_line = next(line for line in lines if line.startswith("prepare: read 4,000 records"))
+    assert read_line.endswith(" rows/s)")  # every stage line: seconds and rows per second

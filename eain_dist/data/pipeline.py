@@ -37,7 +37,7 @@ from eain_dist.data import stages, vocab
 from eain_dist.data.context import GAP_BUCKETS
 from eain_dist.data.errors import InputError
 from eain_dist.data.fs import expand_sources, filesystem_for
-from eain_dist.data.progress import PROGRESS_EVERY_S, Progress, TaskMemory, gather, peaks
+from eain_dist.data.progress import PROGRESS_EVERY_S, Progress, TaskMemory, gather, peaks, print_now
 from eain_dist.data.reading import ReadResult, read_inputs
 from eain_dist.data.readers import reject_message
 from eain_dist.data.writer import Output
@@ -67,7 +67,7 @@ class PrepareResult:
         self.reviews_per_s = self.meta["counts"]["read"]["records"] / max(self.seconds, 1e-9)
 
 
-def prepare(config: Config, log=print, progress_every_s: float = PROGRESS_EVERY_S) -> PrepareResult:
+def prepare(config: Config, log=print_now, progress_every_s: float = PROGRESS_EVERY_S) -> PrepareResult:
     """Run the whole pipeline; Ray must be initialised (eain_dist.runtime.init_ray). `log` gets a
     line per stage, and one every `progress_every_s` seconds while a stage runs."""
     started = time.time()
@@ -214,12 +214,13 @@ def _item_stage(read: ReadResult, config: Config, counts: stages.Counts, progres
     outputs = [task.remote(config.data.min_item_count, reviews, p,
                            *[part.tables[p] for part in read.reviews], *[part.tables[p] for part in read.meta])
                for p in range(read.partitions)]
-    summaries = gather([summary for _, summary in outputs], progress, "item partitions")
+    summaries = gather([summary for _, summary in outputs], progress, "item partitions",
+                       rows=lambda s: s["counts"]["dedupe"]["rows_in"])
     for summary in summaries:
         counts.merge(summary["counts"])
     peaks(summaries, "item_stage", read.task_peaks)
     progress.done(f"read {read.log.total_records():,} records, deduplicated by item "
-                  f"({read.partitions} partitions)")
+                  f"({read.partitions} partitions)", rows=read.log.total_records())
     return [table for table, _ in outputs], summaries
 
 
@@ -281,7 +282,7 @@ def _number_items(items: list, numbering: stages.ItemNumbering, rows: int, confi
     item_category = _item_category_task.remote(numbering.num_items, *[parts[-2] for parts in outputs])
     peaks(gather([parts[-1] for parts in outputs] + [item_category], progress, "item numbering")[:-1],
           "number_items", task_peaks)
-    progress.done(f"items numbered, partitioned by user ({user_partitions} partitions)")
+    progress.done(f"items numbered, partitioned by user ({user_partitions} partitions)", rows=rows)
     return [[parts[p] for parts in outputs] for p in range(user_partitions)], item_category
 
 
@@ -290,13 +291,13 @@ def _user_reduce(by_user: list[list], sum_rows: int, config: Config, counts: sta
     rows = math.ceil(sum_rows / len(by_user))
     task = _user_reduce_task.options(memory=_memory(rows, SHUFFLE_BYTES_PER_ROW))
     outputs = [task.remote(p, config.data.min_user_count, *parts) for p, parts in enumerate(by_user)]
-    summaries = gather([summary for _, summary in outputs], progress, "user partitions")
+    summaries = gather([summary for _, summary in outputs], progress, "user partitions", rows=lambda s: s["rows"])
     for summary in summaries:
         counts.merge(summary["counts"])
     peaks(summaries, "user_reduce", task_peaks)
     offsets = vocab.RankOffsets.from_histograms(pa.concat_tables([s["histogram"] for s in summaries]))
     num_users = offsets.total + 1 if config.data.vocab == "exact" else config.data.user_buckets
-    progress.done(f"{offsets.total:,} users in their order")
+    progress.done(f"{offsets.total:,} users in their order", rows=sum_rows)
     users = [(table, summary["rows"]) for (table, _), summary in zip(outputs, summaries)]
     return users, stages.UserNumbering(config.data.vocab, num_users, offsets)
 
@@ -309,11 +310,16 @@ def _user_stage(users: list, numbering: stages.UserNumbering, items: stages.Item
     results = [_user_stage_task.options(memory=_memory(rows, USER_STAGE_BYTES_PER_ROW, history_bytes)).remote(
         table, p, config, numbering, items.num_items, count_ranges, item_category, output)
         for p, (table, rows) in enumerate(users)]
-    results = gather(results, progress, "user partitions written")
+    results = gather(results, progress, "user partitions written", rows=_impressions)
     for result in results:
         counts.merge(result["counts"])
     peaks(results, "user_stage", task_peaks)
-    progress.done("histories, splits, context, negatives, Skive-Above; wrote train / valid / test")
+    progress.done("histories, splits, context, negatives, Skive-Above; wrote train / valid / test",
+                  rows=sum(map(_impressions, results)))
+
+
+def _impressions(result: dict) -> int:
+    return sum(result["counts"]["impressions"].values())
 
 
 # ----------------------------------------------------------------------------- meta.json

@@ -11,15 +11,23 @@ import ray
 PROGRESS_EVERY_S = 15.0
 
 
+def print_now(line: str) -> None:
+    """The default log: a line reaches a file or pipe as soon as it is printed."""
+    print(line, flush=True)
+
+
 class Progress:
     def __init__(self, log, every_s: float = PROGRESS_EVERY_S):
         self.log, self.every_s = log, every_s
         self.stage_started = self.last_line = time.time()
 
-    def done(self, what: str) -> None:
-        """`prepare: <what> (<seconds>s)`: benchmarks/prepare.py reads the stage times from these."""
+    def done(self, what: str, rows: int | None = None) -> None:
+        """`prepare: <what> (<seconds>s[, <rows/s> rows/s])`: benchmarks/prepare.py reads the stage
+        times from these."""
         now = time.time()
-        self.log(f"prepare: {what} ({now - self.stage_started:.1f}s)")
+        seconds = now - self.stage_started
+        rate = f", {rows / max(seconds, 1e-9):,.0f} rows/s" if rows else ""
+        self.log(f"prepare: {what} ({seconds:.1f}s{rate})")
         self.stage_started = self.last_line = now
 
     def running(self, what: str, done: int, total: int, rows: int | None = None) -> None:
