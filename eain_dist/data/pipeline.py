@@ -50,10 +50,13 @@ SPLIT_COLUMNS = ("label", "user", "item", "category", "hour", "weekday", "gap", 
 FEATURES = {"user": "user", "item": "item", "hist_item": "item", "category": "category",
             "hist_category": "category", "hour": "hour", "weekday": "weekday", "gap": "gap"}
 MAX_K_CORE_ROUNDS = 50
-# Peak heap of a task per row it holds, measured with benchmarks/prepare.py (tree PSS per task);
-# the user stage adds one output file's histories (rows_per_file x 2 lists x max_history x 8 B, x3).
-SHUFFLE_BYTES_PER_ROW = 400  # item stage, user reduce
-USER_STAGE_BYTES_PER_ROW = 600
+# A task's memory request per row it holds: its peak RSS over its rows at 20M reviews (item
+# partitions of 1M rows, user partitions of about 0.9M) (benchmarks/results/prepare-20m.md, meta.json task_peak_rss_mib): item stage 1,585 MiB,
+# item numbering 1,913, user reduce 2,064, user stage 3,202 (worker and mapped inputs included).
+# The user stage's request adds one output file's histories (rows_per_file x 2 lists x
+# max_history x 8 B, x3).
+SHUFFLE_BYTES_PER_ROW = 2_200  # item stage, item numbering, user reduce
+USER_STAGE_BYTES_PER_ROW = 2_400
 
 
 @dataclass
@@ -277,8 +280,9 @@ def _category_vocabulary(counts: pa.Table, mode: str, buckets: int) -> pa.Table:
 def _number_items(items: list, numbering: stages.ItemNumbering, rows: int, config: Config, output: Output,
                   progress: Progress, task_peaks: dict):
     user_partitions = _partitions(rows, config)
-    outputs = [_number_items_task.options(num_returns=user_partitions + 2).remote(
-        table, p, numbering, user_partitions, output) for p, table in enumerate(items)]
+    task = _number_items_task.options(num_returns=user_partitions + 2,
+                                      memory=_memory(math.ceil(rows / len(items)), SHUFFLE_BYTES_PER_ROW))
+    outputs = [task.remote(table, p, numbering, user_partitions, output) for p, table in enumerate(items)]
     item_category = _item_category_task.remote(numbering.num_items, *[parts[-2] for parts in outputs])
     peaks(gather([parts[-1] for parts in outputs] + [item_category], progress, "item numbering")[:-1],
           "number_items", task_peaks)
