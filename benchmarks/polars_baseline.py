@@ -49,10 +49,10 @@ import polars as pl
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-MIN_SECONDS, MAX_SECONDS = 631_152_000, 4_102_444_800  # 1990..2100, as eain_dist.data.formats
+MIN_SECONDS, MAX_SECONDS = 631_152_000, 4_102_444_800  # 1990..2100, as eain_dist.data.readers.values
 GAP_BUCKETS = 32  # as eain_dist.data.context
 EPOCH_WEEKDAY = 3  # 1970-01-01 was a Thursday
-REQUEST_SHIFT = 24  # as eain_dist.data.pipeline
+REQUEST_SHIFT = 24  # as eain_dist.data.stages
 MAX_REDRAWS = 64
 SPLITS = ("train", "valid", "test")
 PARTS = (*SPLITS, "vocab", "meta.json")

@@ -55,6 +55,9 @@ class DataConfig:
     rows_per_partition: int = 1_000_000  # user partitions are sized to fit one worker's memory
     num_partitions: int = 0  # 0 = derived from the input size
     rows_per_file: int = 500_000
+    # Input is read by tasks of about this many uncompressed bytes: a larger plain file in byte
+    # ranges, a larger gzip file inflated once and parsed in chunks of this size by many tasks.
+    part_bytes: int = 256 << 20
     s3: S3Config = field(default_factory=S3Config)
 
 
@@ -235,6 +238,7 @@ def validate(config: Config) -> None:
     _require(data.vocab in ("exact", "hashed"), f"data.vocab must be exact or hashed, got {data.vocab!r}")
     _require(data.history_ties in ("input_order", "strict_time"),
              f"data.history_ties must be input_order or strict_time, got {data.history_ties!r}")
+    _require(data.part_bytes >= 1, f"data.part_bytes must be >= 1, got {data.part_bytes}")
     _require(data.max_history >= 1, "data.max_history must be >= 1")
     _require(data.min_user_count >= 3, "data.min_user_count must be >= 3 (leave-last-out split)")
     _require(0.0 <= data.max_reject_fraction <= 1.0, "data.max_reject_fraction must be in [0, 1]")

@@ -35,7 +35,8 @@ def test_prepare_real_grocery_reviews(tmp_path, capsys, shared_data, ray_local):
     for user, item, _ in rows:
         per_user.setdefault(user, set()).add(item)
     eligible = {u for u, items in per_user.items() if len(items) >= 3}
-    assert meta["counts"]["read"] == {"records": len(rows), "rejects": 0}
+    assert meta["counts"]["read"] == {"records": len(rows), "rejects": 0, "tasks": 1,
+                                      "most_tasks_on_one_file_at_once": 1}
     assert meta["tables"]["user"] == len(eligible) + 1
     assert meta["splits"]["test"] == meta["splits"]["valid"] == 2 * len(eligible)  # 1 positive + 1 negative
     test = pq.read_table(output / "test")
@@ -103,7 +104,7 @@ def test_malformed_records_within_the_limit_are_counted_not_lost(tmp_path, capsy
                            "--set", f"data.output={tmp_path}/out")
     assert code == 0, err
     meta = json.loads((tmp_path / "out" / "meta.json").read_text())
-    assert meta["counts"]["read"] == {"records": 403, "rejects": 3}
+    assert meta["counts"]["read"] == {"records": 403, "rejects": 3, "tasks": 1, "most_tasks_on_one_file_at_once": 1}
     assert meta["rejects"]["by_file"] == {str(source): {"malformed_json": 3}}
     assert meta["counts"]["dedupe"]["rows_in"] == 400
 

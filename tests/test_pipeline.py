@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime as dt
+import gzip
 import json
 import math
 import random
@@ -276,12 +277,13 @@ def plain_k_core(rows, min_user: int, min_item: int):
 
 @pytest.fixture(scope="module")
 def prepared_hashed(tmp_path_factory, ray_local):
+    """Two user buckets: every user shares a table row with about half of the others."""
     folder = tmp_path_factory.mktemp("hashed")
     rows = write_interactions(folder / "interactions.tsv", seed=5)
     config = load_config(overrides=[
         f"data.source={folder / 'interactions.tsv'}", "data.format=interactions_tsv",
         f"data.output={folder / 'prepared'}", f"data.max_history={MAX_HISTORY}", "data.num_partitions=2",
-        "data.vocab=hashed", "data.user_buckets=1000003", "data.item_buckets=1000003",
+        "data.vocab=hashed", "data.user_buckets=2", "data.item_buckets=1000003",
         "data.k_core=true", "data.min_user_count=4", "data.min_item_count=3",
         "sampling.negatives=3", "sampling.strategy=popularity", "data.history_ties=strict_time",
     ])
@@ -290,24 +292,40 @@ def prepared_hashed(tmp_path_factory, ray_local):
     return rows, result, splits
 
 
-def test_k_core_hashed_vocab_and_popularity_negatives(prepared_hashed):
+def test_hashed_users_sharing_a_bucket_keep_their_own_timelines(prepared_hashed):
+    """user_buckets=2: all users share one row, but each keeps its own history, split and
+    negatives (grouping by the hashed id merged their timelines: histories held other users'
+    items, and one test positive remained per bucket)."""
     from eain_dist.data.vocab import hashed_index
 
     rows, result, splits = prepared_hashed
     core = plain_k_core(rows, min_user=4, min_item=3)
-    user_index = dict(zip(sorted({u for u, _ in core}), hashed_index(pa.array(sorted({u for u, _ in core})), 1000003)))
     items = sorted({i for _, i in core})
     item_index = dict(zip(items, hashed_index(pa.array(items), 1000003)))
-    assert {r["user"] for r in splits["test"]} == set(user_index.values())
-    # Histories (strict_time), in hashed ids: the user's k-core items of strictly earlier
-    # timestamps, in the user's (timestamp, input position) order.
-    by_user = {user_index[u]: [(ts, item_index[i]) for ts, i in seq]
-               for u, seq in expected_sequences(rows, kept=core).items()}
-    for r in splits["train"][:400] + splits["test"]:
-        earlier = [i for ts, i in by_user[r["user"]] if ts < r["timestamp"]][-MAX_HISTORY:]
-        assert [i for i in r["hist_item"] if i] == earlier
-        if r["label"] == 0:
-            assert r["item"] not in {i for _, i in by_user[r["user"]]}
+    sequences = {u: [(ts, item_index[i]) for ts, i in seq] for u, seq in expected_sequences(rows, kept=core).items()}
+    assert {r["user"] for split in splits.values() for r in split} == {1}
+
+    def strict_history(seq, ts):  # strict_time: the items of strictly earlier timestamps
+        return [i for t, i in seq if t < ts][-MAX_HISTORY:]
+
+    def users_of(r):  # the users whose own order gives this positive its history
+        return {u for u, seq in sequences.items() if (r["timestamp"], r["item"]) in seq
+                and strict_history(seq, r["timestamp"]) == [i for i in r["hist_item"] if i]}
+
+    owners = {}
+    for split in splits.values():
+        for r in split:
+            if r["label"] == 1:
+                found = users_of(r)
+                assert found, r  # no user has this history: timelines were merged
+                owners[r["request_id"]] = owners.get(r["request_id"], found) & found
+    assert all(owners.values())
+    tests = sorted((r["timestamp"], r["item"]) for r in splits["test"] if r["label"] == 1)
+    assert tests == sorted(seq[-1] for seq in sequences.values())  # one test positive per user
+    for split in splits.values():
+        for r in split:
+            if r["label"] == 0:
+                assert all(r["item"] not in {i for _, i in sequences[u]} for u in owners[r["request_id"]])
     # Popularity sampling: the most reviewed items are drawn as negatives far more often.
     popularity = defaultdict(int)
     for _, i in core:
@@ -321,3 +339,36 @@ def test_k_core_hashed_vocab_and_popularity_negatives(prepared_hashed):
     quarter = len(ranked) // 4
     assert sum(drawn[i] for i in ranked[-quarter:]) > 3 * sum(drawn[i] for i in ranked[:quarter])
     assert result.meta["counts"]["k_core"]["rounds"] >= 1
+
+
+def splits_of(out: Path) -> dict[str, list[tuple]]:
+    tables = {name: pq.read_table(out / name) for name in ("train", "valid", "test")}
+    return {name: sorted(zip(*(t[c].to_pylist() for c in t.column_names))) for name, t in tables.items()}
+
+
+def test_large_files_read_in_parts_give_the_same_dataset(tmp_path, ray_local):
+    """A plain file cut into byte ranges and a gzip file inflated once and parsed in chunks by many
+    tasks give exactly the rows of reading each file whole; progress lines come meanwhile."""
+    from eain_dist.data.synthetic import generate
+
+    summary = generate(str(tmp_path / "input"), users=300, items=150, reviews=4000, files=2)
+    plain = tmp_path / "input" / "reviews" / "part-00000.jsonl"
+    with gzip.open(summary["review_files"][0], "rb") as source:
+        plain.write_bytes(source.read())  # one plain file (split in ranges), one gzip file (streamed)
+    Path(summary["review_files"][0]).unlink()
+    results, lines = {}, []
+    for name, part_bytes in (("whole", 1 << 28), ("parts", 40_000)):
+        config = load_config(overrides=[
+            f"data.source={tmp_path / 'input' / 'reviews'}", f"data.meta={tmp_path / 'input' / 'meta'}",
+            f"data.output={tmp_path / name}", "data.num_partitions=3", f"data.part_bytes={part_bytes}",
+            f"data.max_history={MAX_HISTORY}", f"sampling.negatives={NEGATIVES}"])
+        log = lines if name == "parts" else (lambda message: None)
+        results[name] = prepare(config, log=getattr(log, "append", log), progress_every_s=0).meta
+    whole, parts = results["whole"]["counts"]["read"], results["parts"]["counts"]["read"]
+    assert whole["records"] == parts["records"] == 4000 and whole["rejects"] == parts["rejects"] == 0
+    plain_ranges = -(-plain.stat().st_size // 40_000)
+    assert whole["tasks"] == 2 and parts["tasks"] >= plain_ranges + 2  # ranges + the gzip file's chunks
+    assert splits_of(tmp_path / "parts") == splits_of(tmp_path / "whole")
+    assert any("tasks done" in line for line in lines)  # progress while stages run
+    read_line = next(line for line in lines if line.startswith("prepare: read 4,000 records"))
+    assert read_line.endswith(" rows/s)")  # every stage line: seconds and rows per second

@@ -15,7 +15,8 @@ POSITION = np.array([30, 10, 20, 5, 1, 3, 2])
 
 
 def ordered():
-    return sequences.sort_by_user_order(USER, ITEM, ITEM * 10, TIME, POSITION)
+    order = np.lexsort((POSITION, TIME, USER))  # the users' order
+    return sequences.UserSequences.of_ordered(USER[order], ITEM[order], ITEM[order] * 10, TIME[order])
 
 
 def test_ties_follow_the_input_position_not_the_item():
@@ -38,7 +39,8 @@ def test_strict_time_histories_exclude_same_time_reviews():
     seq = ordered()
     end = sequences.history_end(seq, "strict_time")
     assert (end - seq.user_start).tolist() == [0, 1, 1, 0, 0, 0, 3]
-    history = sequences.gather_history(seq.item, np.maximum(seq.user_start, end - 2), end, 2)
+    windows = sequences.history_windows(seq.item, np.array([0, 0, 0, 1, 1, 1, 1]), 2)
+    history = sequences.gather_history(windows, np.array([0, 0, 0, 1, 1, 1, 1]), end, 2)
     assert history.tolist() == [[0, 0], [0, 5], [0, 5], [0, 0], [0, 0], [0, 0], [3, 1]]
 
 

@@ -16,7 +16,7 @@ import pyarrow as pa
 import pytest
 
 from eain_dist.data.errors import InputError
-from eain_dist.data.formats import RejectLog, detect_format, read_interactions, read_item_meta
+from eain_dist.data.readers import RejectLog, detect_format, read_interactions, read_item_meta
 from eain_dist.data.synthetic import generate
 
 FS = fsspec.filesystem("file")

@@ -1,51 +1,62 @@
-"""`eain prepare`: raw Amazon reviews to the prepared dataset of DESIGN.md, on Ray Data.
+"""`eain prepare`: raw Amazon reviews to the prepared dataset of DESIGN.md, on Ray.
 
-The plan (every heavy step is a Ray Data operator; the driver only sees small summaries):
+The stages (`stages.py`: plain functions on Arrow tables) run as Ray tasks, and partitioned data
+moves between them as object references. A hash shuffle is a map task returning one table per
+partition (`num_returns`) and a reduce task taking one from each: no actor pool starts, and
+nothing is kept but each shuffle's own input. (Ray Data's `repartition(keys=...)` took 3.4-4.3 s
+per call on this 2-CPU machine even for 1,000 rows, as it starts worker pools of its own; a task
+shuffle of 400k rows took 0.07 s.)
 
-  files --read (one task per file, streaming)--> (user, item, timestamp) + metadata (item, category)
-        --hash-partitioned by item (reviews and metadata together: the join is local)
-        --item stage: dedupe (user, item) keeping the earliest, item counts, min-count filter,
-          each item's category
-        --item vocabulary (frequency ranks from per-partition histograms), category vocabulary
-        --hash-partitioned by user (repartition with keys)
-        --user stage: min-count filter, user vocabulary, time order, histories, split,
-          context, negatives, requests, Skive-Above
-        --> train/ valid/ test/ Parquet, vocab/, rejects/, meta.json
+  input parts (`reading.py`)            -> reviews and metadata by item partition
+  item_stage: dedupe, counts, categories -> summaries ----> item and category vocabularies (driver)
+  [k-core: drop_rare by user, by item, until nothing changes]
+  number_items: indices, vocab/item/     -> reviews by user partition, each item's category
+  user_reduce: users' order, min count   -> summaries ----> user ranks (driver)
+  user_stage: impressions and histories  -> train/ valid/ test/ files, vocab/user/
+  meta.json (counts summed over every task), rejects/
 
-Grouping never goes through groupby().map_groups(): a hash repartition puts every user (or
-item) of a partition into one block, and each block is processed with vectorised numpy.
+The driver holds only summaries, each bounded: a histogram of counts per partition (a row per
+distinct count), the category vocabulary, reject samples (data.reject_samples per file and
+reason), counts, and object references (input parts x partitions).
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+import math
 import time
 from dataclasses import dataclass, field
 
 import numpy as np
 import pyarrow as pa
-import pyarrow.compute as pc
 import ray
-import ray.data
 
 from eain_dist.config import Config, to_dict
-from eain_dist.data import formats, sampling, sequences, vocab
+from eain_dist.data import stages, vocab
 from eain_dist.data.context import GAP_BUCKETS
 from eain_dist.data.errors import InputError
-from eain_dist.data.fs import expand_sources, filesystem_for, pyarrow_filesystem
+from eain_dist.data.fs import expand_sources, filesystem_for
+from eain_dist.data.progress import PROGRESS_EVERY_S, Progress, TaskMemory, gather, peaks, print_now
+from eain_dist.data.reading import ReadResult, read_inputs
+from eain_dist.data.readers import reject_message
+from eain_dist.data.writer import Output
 
-# 3: a user's order is (timestamp, input position), histories include earlier same-time reviews
-# (2: ordered by (timestamp, item index), strictly earlier histories; 1: training rows unshuffled).
-SCHEMA_VERSION = 3
+# 4: partitions numbered by index; hashed ids group rows by the raw id (3: a user's order is
+# (timestamp, input position); 2: ordered by (timestamp, item index); 1: training rows unshuffled).
+SCHEMA_VERSION = 4
 SPLIT_COLUMNS = ("label", "user", "item", "category", "hour", "weekday", "gap", "hist_item",
                  "hist_category", "hist_len", "request_id", "position", "timestamp")
 FEATURES = {"user": "user", "item": "item", "hist_item": "item", "category": "category",
             "hist_category": "category", "hour": "hour", "weekday": "weekday", "gap": "gap"}
-ESTIMATED_BYTES_PER_REVIEW = {".gz": 120, ".csv": 40, ".tsv": 30}  # partition sizing only
-REQUEST_SHIFT = 24  # request_id = user index << 24 | first row of the request within the user
-POSITION_SHIFT = 40  # input position = file index << 40 | record number within the file
 MAX_K_CORE_ROUNDS = 50
+# A task's memory request per row it holds: its peak RSS over its rows at 20M reviews (item
+# partitions of 1M rows, user partitions of about 0.9M) (benchmarks/results/prepare-20m.md, meta.json task_peak_rss_mib): item stage 1,585 MiB,
+# item numbering 1,913, user reduce 2,064, user stage 3,202 (worker and mapped inputs included).
+# The user stage's request adds one output file's histories (rows_per_file x 2 lists x
+# max_history x 8 B, x3).
+SHUFFLE_BYTES_PER_ROW = 2_200  # item stage, item numbering, user reduce
+USER_STAGE_BYTES_PER_ROW = 2_400
 
 
 @dataclass
@@ -59,561 +70,279 @@ class PrepareResult:
         self.reviews_per_s = self.meta["counts"]["read"]["records"] / max(self.seconds, 1e-9)
 
 
-def prepare(config: Config, log=print) -> PrepareResult:
-    """Run the whole pipeline; Ray must be initialised (eain_dist.runtime.init_ray)."""
-
+def prepare(config: Config, log=print_now, progress_every_s: float = PROGRESS_EVERY_S) -> PrepareResult:
+    """Run the whole pipeline; Ray must be initialised (eain_dist.runtime.init_ray). `log` gets a
+    line per stage, and one every `progress_every_s` seconds while a stage runs."""
     started = time.time()
     data = config.data
     files = expand_sources(data.source, data.s3)
     meta_files = expand_sources(data.meta, data.s3) if data.meta else []
-    partitions = _partition_count(files, data, ray.cluster_resources())
-    log(f"prepare: {len(files)} review file(s), {len(meta_files)} meta file(s), {partitions} partitions")
-    counters = StepCounters.remote()
-    output = _Output(data.output, config)
+    output = Output(data.output, config)
     output.clear()
+    output.make_folders()
+    progress = Progress(log, progress_every_s)
 
-    clock = _StageClock(log)
-    records = _read_with_meta(files, meta_files, config, counters)
-    items = records.repartition(partitions, keys=["item"]).map_batches(
-        _item_stage, batch_size=None, batch_format="pyarrow",
-        fn_kwargs={"min_count": data.min_item_count, "counters": counters}).materialize()
-    read = ray.get(counters.snapshot.remote())
+    read = read_inputs(files, meta_files, config, progress, _cpus(), lambda rows: _partitions(rows, config))
     _check_rejects(read, data, output)
-    clock.done(f"read {read['read']['records']:,} records, partitioned by item, deduplicated")
+    counts = stages.Counts(read.counts)
+    rejects = read.log.to_json()
+    items, summaries = _item_stage(read, config, counts, progress)
+    task_peaks = read.task_peaks
+    del read  # the item stage's tasks hold the input parts until they are done with them
     if data.k_core:
-        items = _k_core(items, data, counters, partitions)
-        clock.done(f"k-core: every user has >= {data.min_user_count}, every item >= {data.min_item_count} reviews")
-
-    item_vocab = _item_vocabulary(items, config, output)
-    clock.done(f"{item_vocab.num_items - 1:,} items, {item_vocab.num_categories - 1:,} categories")
-    indexed = items.map_batches(_index_items, batch_size=None, batch_format="pyarrow",
-                                fn_kwargs={"item_vocab": item_vocab})
-    # Sized from the records actually read: compressed bytes per review vary 5x between files.
-    user_partitions = _partitions_for(read["read"]["records"], data, ray.cluster_resources())
-    by_user = indexed.repartition(user_partitions, keys=["user"]).materialize()
-    del records, items, indexed  # releases the item partitions from the object store
-    clock.done("partitioned by user")
-
-    user_offsets, num_users = _user_vocabulary(by_user, config, output)
-    clock.done(f"{num_users - 1:,} users")
-    output.make_split_folders()
-    by_user.map_batches(
-        _user_stage_and_write, batch_size=None, batch_format="pyarrow",
-        fn_kwargs={"config": config, "user_offsets": user_offsets, "num_users": num_users,
-                   "item_vocab": item_vocab, "counters": counters, "output": output}).materialize()
-    clock.done("histories, splits, context, negatives, Skive-Above; wrote train / valid / test")
-    counts = ray.get(counters.snapshot.remote())
-    split_rows = counts["impressions"]
-    meta = _meta(config, files, meta_files, counts, split_rows, num_users, item_vocab)
+        items, summaries = _k_core(items, summaries, config, counts, progress)
+    numbering = _item_numbering(summaries, config, output)
+    progress.done(f"{numbering.num_items - 1:,} items, {numbering.num_categories - 1:,} categories"
+                  if data.vocab == "exact" else "hashed items and categories")
+    by_user, item_category = _number_items(items, numbering, sum(s["rows"] for s in summaries), config, output,
+                                           progress, task_peaks)
+    del items
+    users, user_numbering = _user_reduce(by_user, sum(s["rows"] for s in summaries), config, counts, progress,
+                                         task_peaks)
+    del by_user
+    _user_stage(users, user_numbering, numbering, item_category, config, output, counts, progress, task_peaks)
+    meta = _meta(config, files, meta_files, counts, user_numbering, numbering, rejects)
+    meta["task_peak_rss_mib"] = task_peaks
     output.write_json("meta.json", meta)
-    output.write_rejects(counts["rejects"])
     seconds = time.time() - started
-    log(f"prepare: wrote {sum(split_rows.values()):,} impressions to {data.output} in {seconds:.1f}s")
+    log(f"prepare: wrote {sum(meta['splits'].values()):,} impressions to {data.output} in {seconds:.1f}s")
     return PrepareResult(output=data.output, meta=meta, seconds=seconds)
 
 
-class _StageClock:
-    def __init__(self, log):
-        self.log, self.last = log, time.time()
-
-    def done(self, what: str) -> None:
-        now = time.time()
-        self.log(f"prepare: {what} ({now - self.last:.1f}s)")
-        self.last = now
+def _cpus() -> int:
+    return max(1, int(ray.cluster_resources().get("CPU", 1)))
 
 
-# ----------------------------------------------------------------------------- counters
+def _partitions(rows: int, config: Config) -> int:
+    """Two per CPU at least (every CPU busy), more for big inputs: rows_per_partition bounds a
+    task's memory."""
+    if config.data.num_partitions:
+        return config.data.num_partitions
+    return max(2 * _cpus(), math.ceil(rows / config.data.rows_per_partition))
 
 
-@ray.remote(num_cpus=0)
-class StepCounters:
-    """Counts of every step (rows in, rows out, why) and the reject log, from all tasks."""
-
-    def __init__(self):
-        self.counts: dict[str, dict[str, int]] = {}
-        self.rejects = formats.RejectLog()
-
-    def add(self, step: str, values: dict[str, int]) -> None:
-        bucket = self.counts.setdefault(step, {})
-        for key, value in values.items():
-            bucket[key] = bucket.get(key, 0) + int(value)
-
-    def add_rejects(self, log: formats.RejectLog) -> None:
-        self.rejects.merge(log)
-
-    def snapshot(self) -> dict:
-        read = {"records": self.rejects.total_records(), "rejects": self.rejects.total_rejects()}
-        return {**self.counts, "read": read, "rejects": self.rejects.to_json()}
+def _memory(rows: int, bytes_per_row: int, extra: int = 0) -> int:
+    """A task's memory request, at most 80% of the largest node's (so that it stays schedulable):
+    a node then runs only as many heavy tasks at once as its memory holds."""
+    largest = max((node["Resources"].get("memory", 0) for node in ray.nodes() if node["Alive"]), default=0)
+    wanted = rows * bytes_per_row + extra
+    return int(min(wanted, 0.8 * largest)) if largest else wanted
 
 
-def _add(counters, step: str, **values) -> None:
-    ray.get(counters.add.remote(step, values))
-
-
-# ----------------------------------------------------------------------------- reading
-
-
-def _read(files: list[str], fmt: str, kind: str, config: Config, counters):
-    paths = ray.data.from_items([{"path": f, "file_index": i} for i, f in enumerate(files)],
-                                override_num_blocks=len(files))
-    return paths.map_batches(_read_files, batch_size=1, batch_format="pyarrow",
-                             fn_kwargs={"fmt": fmt, "kind": kind, "config": config, "counters": counters})
-
-
-def _read_files(batch: pa.Table, *, fmt: str, kind: str, config: Config, counters):
-    """Stream each file's records in canonical schema; malformed ones go to the reject log.
-    Reviews carry their input position (file index in source order, then record order)."""
-    for path, file_index in zip(batch["path"].to_pylist(), batch["file_index"].to_pylist()):
-        fs, local_path = filesystem_for(path, config.data.s3)
-        file_format = formats.detect_format(local_path, fs) if fmt == "auto" else fmt
-        log = formats.RejectLog(max_samples=config.data.reject_samples)
-        if kind == "interactions":
-            yield from _with_positions(formats.read_interactions(local_path, file_format, fs, log), file_index)
-        else:
-            yield from formats.read_item_meta(local_path, file_format, fs, log)
-        if kind == "interactions":
-            ray.get(counters.add_rejects.remote(log))
-        else:
-            ray.get(counters.add.remote("meta", {"records": log.total_records(), "rejects": log.total_rejects()}))
-
-
-def _with_positions(tables, file_index: int):
-    first = file_index << POSITION_SHIFT
-    for table in tables:
-        yield table.append_column("position", pa.array(np.arange(first, first + table.num_rows), pa.int64()))
-        first += table.num_rows
-
-
-RECORD_SCHEMA = pa.schema([("user", pa.string()), ("item", pa.string()), ("timestamp", pa.int64()),
-                           ("position", pa.int64()), ("category", pa.string())])
-
-
-def _read_with_meta(files: list[str], meta_files: list[str], config: Config, counters):
-    """Reviews and item metadata as one dataset of records (metadata rows have no user)."""
-    reviews = _read(files, config.data.format, "interactions", config, counters).map_batches(
-        _as_records, batch_format="pyarrow")
-    if not meta_files:
-        return reviews
-    meta = _read(meta_files, config.data.format, "meta", config, counters).map_batches(
-        _as_records, batch_format="pyarrow")
-    return reviews.union(meta)
-
-
-def _as_records(table: pa.Table) -> pa.Table:
-    columns = {name: table[name] if name in table.column_names else pa.nulls(table.num_rows, field.type)
-               for name, field in zip(RECORD_SCHEMA.names, RECORD_SCHEMA)}
-    return pa.table(columns, schema=RECORD_SCHEMA)
-
-
-def _item_categories(meta: pa.Table, counters) -> pa.Table:
-    """(item, category) once per item: metadata files repeat some items (the first one wins)."""
-    _, codes, _ = _distinct(meta["item"])
-    _, first = np.unique(codes, return_index=True)
-    _add(counters, "meta", items=len(first), duplicate_items=meta.num_rows - len(first))
-    return meta.select(["item", "category"]).take(np.sort(first))
-
-
-def _partition_count(files: list[str], data, resources: dict) -> int:
-    estimated = 0
-    for path in files:
-        fs, local = filesystem_for(path, data.s3)
-        size = fs.size(local) or 0
-        per_review = next((b for ext, b in ESTIMATED_BYTES_PER_REVIEW.items() if path.endswith(ext)), 250)
-        estimated += size // per_review
-    return _partitions_for(estimated, data, resources)
-
-
-def _partitions_for(rows: int, data, resources: dict) -> int:
-    """Two partitions per CPU at least (every CPU busy, smaller blocks), more for big inputs."""
-    if data.num_partitions:
-        return data.num_partitions
-    return max(2 * int(resources.get("CPU", 1)), int(np.ceil(rows / data.rows_per_partition)))
-
-
-def _check_rejects(counts: dict, data, output: "_Output") -> None:
-    records, rejects = counts["read"]["records"], counts["read"]["rejects"]
+def _check_rejects(read: ReadResult, data, output: Output) -> None:
+    records, rejects = read.log.total_records(), read.log.total_rejects()
+    output.write_rejects(read.log.to_json())
     if records == 0:
         raise InputError(f"no records read from {data.source}")
     if rejects > data.max_reject_fraction * records:
-        output.write_rejects(counts["rejects"])
-        by_reason = [(n, file, reason) for file, reasons in counts["rejects"]["rejects"].items()
-                     for reason, n in reasons.items()]
+        by_reason = [(n, file, reason) for (file, reason), n in read.log.counts.items()]
         n, file, reason = max(by_reason)
-        first = next(s for s in counts["rejects"]["samples"] if (s["file"], s["reason"]) == (file, reason))
+        first = next(s for s in read.log.samples if (s["file"], s["reason"]) == (file, reason))
         raise InputError(
             f"{rejects:,} of {records:,} records malformed (more than data.max_reject_fraction="
             f"{data.max_reject_fraction}); most often {n:,} x {reason} in {file}, first at "
-            f"{formats.reject_message(first)}; samples in {output.root}/rejects/")
+            f"{reject_message(first)}; samples in {output.root}/rejects/")
 
 
-# ----------------------------------------------------------------------------- item stage
+# ----------------------------------------------------------------------------- tasks
 
 
-def _item_stage(table: pa.Table, *, min_count: int, counters) -> pa.Table:
-    """One item partition: dedupe (user, item) keeping the earliest review by (timestamp, input
-    position), count, filter, and attach each item's category from the metadata rows of the
-    same partition."""
-    is_review = pc.is_valid(table["user"])
-    categories = _item_categories(table.filter(pc.invert(is_review)), counters)
-    table = table.filter(is_review)
-    _, item_code, _ = _distinct(table["item"])
-    _, user_code, _ = _distinct(table["user"])
-    order = np.lexsort((table["position"].to_numpy(), table["timestamp"].to_numpy(), user_code, item_code))
-    item_code, user_code = item_code[order], user_code[order]
-    first = np.r_[True, (item_code[1:] != item_code[:-1]) | (user_code[1:] != user_code[:-1])]
-    kept_rows, item_code = order[first], item_code[first]
-    item_counts = np.bincount(item_code)[item_code]  # distinct users of each row's item
-    keep = item_counts >= min_count
-    _add(counters, "dedupe", rows_in=table.num_rows, duplicates=table.num_rows - len(kept_rows))
-    _add(counters, "min_item_count", items_dropped=len(np.unique(item_code[~keep])), rows_dropped=int((~keep).sum()))
-    table = table.select(["user", "item", "timestamp", "position"]).take(kept_rows[keep])
-    table = table.append_column("item_count", pa.array(item_counts[keep], pa.int64()))
-    return _with_categories(table, categories)
+@ray.remote
+def _item_stage_task(min_count: int, reviews: int, part: int, *tables):
+    memory = TaskMemory()
+    table, counts = stages.item_stage(list(tables[:reviews]), list(tables[reviews:]), min_count)
+    return table, {**stages.item_summary(table, part), "counts": counts, "peak_rss_mib": memory.peak_mib()}
 
 
-def _with_categories(table: pa.Table, categories: pa.Table) -> pa.Table:
-    if categories.num_rows == 0:
-        return table.append_column("category", pa.nulls(table.num_rows, pa.string()))
-    found = pc.index_in(table["item"], value_set=categories["item"])
-    return table.append_column("category", pc.take(categories["category"], found))
+@ray.remote
+def _split_task(key: str, partitions: int, table: pa.Table):
+    return stages.split_by_key(table, stages.keys_of(table[key]), partitions)
 
 
-def _k_core(items, data, counters, partitions: int):
+@ray.remote
+def _drop_rare_task(key: str, min_count: int, partitions: int, part: int, *tables):
+    """k-core: a user partition drops its rare users and is split by item; an item partition
+    drops its rare items and returns (table, summary)."""
+    counts = stages.Counts()
+    table = stages.drop_rare(list(tables), key, min_count, counts)
+    if key == "user":
+        return [*stages.split_by_key(table, stages.keys_of(table["item"]), partitions), counts]
+    return table, {**stages.item_summary(table, part), "counts": counts}
+
+
+@ray.remote
+def _number_items_task(table: pa.Table, part: int, numbering: stages.ItemNumbering, user_partitions: int,
+                       output: Output):
+    memory = TaskMemory()
+    by_user, vocab_rows, item_category = stages.number_items(table, part, numbering, user_partitions)
+    if numbering.mode == "exact":
+        output.write_table(f"vocab/item.parquet/part-{part:05d}.parquet", vocab_rows)
+    return [*by_user, item_category, {"peak_rss_mib": memory.peak_mib()}]
+
+
+@ray.remote
+def _item_category_task(num_items: int, *pieces):
+    return stages.item_category_array(list(pieces), num_items)
+
+
+@ray.remote(num_returns=2)
+def _user_reduce_task(part: int, min_count: int, *tables):
+    memory = TaskMemory()
+    table, histogram, counts = stages.user_reduce(list(tables), part, min_count)
+    return table, {"histogram": histogram, "counts": counts, "rows": table.num_rows, "peak_rss_mib": memory.peak_mib()}
+
+
+@ray.remote
+def _user_stage_task(table: pa.Table, part: int, config: Config, numbering: stages.UserNumbering, num_items: int,
+                     count_ranges, item_category: np.ndarray, output: Output) -> dict:
+    memory = TaskMemory()
+    items = stages.ItemFacts(num_items, count_ranges, item_category)
+    impressions, vocab_rows = stages.user_impressions(table, part, config, numbering, items)
+    if numbering.mode == "exact":
+        output.write_table(f"vocab/user.parquet/part-{part:05d}.parquet", vocab_rows)
+    files: dict[str, int] = {}
+    for split, rows in stages.impression_files(impressions, config.data.max_history, config.data.rows_per_file,
+                                               seed=[config.sampling.seed, part]):
+        number = files[split] = files.get(split, -1) + 1
+        output.write_table(f"{split}/part-{part:05d}-{number:04d}.parquet", rows)
+    return {"counts": impressions.counts, "peak_rss_mib": memory.peak_mib()}
+
+
+# ----------------------------------------------------------------------------- the plan
+
+
+def _item_stage(read: ReadResult, config: Config, counts: stages.Counts, progress: Progress):
+    reviews = len(read.reviews)
+    task = _item_stage_task.options(num_returns=2, memory=_memory(read.rows_per_partition, SHUFFLE_BYTES_PER_ROW))
+    outputs = [task.remote(config.data.min_item_count, reviews, p,
+                           *[part.tables[p] for part in read.reviews], *[part.tables[p] for part in read.meta])
+               for p in range(read.partitions)]
+    summaries = gather([summary for _, summary in outputs], progress, "item partitions",
+                       rows=lambda s: s["counts"]["dedupe"]["rows_in"])
+    for summary in summaries:
+        counts.merge(summary["counts"])
+    peaks(summaries, "item_stage", read.task_peaks)
+    progress.done(f"read {read.log.total_records():,} records, deduplicated by item "
+                  f"({read.partitions} partitions)", rows=read.log.total_records())
+    return [table for table, _ in outputs], summaries
+
+
+def _k_core(items: list, summaries: list[dict], config: Config, counts: stages.Counts, progress: Progress):
     """Alternate the user and item min-count filters until both hold at once (the k-core)."""
-    rows = items.count()
+    data, partitions = config.data, len(items)
+    rows = sum(s["rows"] for s in summaries)
     for round_ in range(1, MAX_K_CORE_ROUNDS + 1):
-        by_user = items.repartition(partitions, keys=["user"]).map_batches(
-            _drop_rare, batch_size=None, batch_format="pyarrow",
-            fn_kwargs={"key": "user", "min_count": data.min_user_count, "counters": counters})
-        items = by_user.repartition(partitions, keys=["item"]).map_batches(
-            _drop_rare, batch_size=None, batch_format="pyarrow",
-            fn_kwargs={"key": "item", "min_count": data.min_item_count, "counters": counters}).materialize()
-        rows, before = items.count(), rows
+        by_user = [_split_task.options(num_returns=partitions).remote("user", partitions, t) for t in items]
+        users = [_drop_rare_task.options(num_returns=partitions + 1).remote(
+            "user", data.min_user_count, partitions, p, *[parts[p] for parts in by_user]) for p in range(partitions)]
+        for user_counts in ray.get([outputs[-1] for outputs in users]):
+            counts.merge(user_counts)
+        outputs = [_drop_rare_task.options(num_returns=2).remote(
+            "item", data.min_item_count, partitions, p, *[parts[p] for parts in users]) for p in range(partitions)]
+        summaries = gather([summary for _, summary in outputs], progress, f"k-core round {round_}")
+        items = [table for table, _ in outputs]
+        for summary in summaries:
+            counts.merge(summary["counts"])
+        rows, before = sum(s["rows"] for s in summaries), rows
         if rows == before:
-            _add(counters, "k_core", rounds=round_)
-            return items
+            counts.add("k_core", rounds=round_)
+            progress.done(f"k-core: every user has >= {data.min_user_count}, every item >= "
+                          f"{data.min_item_count} reviews ({round_} rounds)")
+            return items, summaries
     raise InputError(f"k-core filtering did not converge in {MAX_K_CORE_ROUNDS} rounds; raise the limits or "
                      "set data.k_core=false")
 
 
-def _drop_rare(table: pa.Table, *, key: str, min_count: int, counters) -> pa.Table:
-    """Drop the rows of users (or items) with fewer than min_count rows in this partition."""
-    _, codes, counts = _distinct(table[key])
-    keep = counts[codes] >= min_count
-    _add(counters, "k_core", **{f"{key}_rows_dropped": int((~keep).sum())})
-    table = table.filter(pa.array(keep))
-    if key == "item":  # the item stage's count, refreshed for the vocabulary
-        table = table.set_column(table.schema.get_field_index("item_count"), "item_count",
-                                 pa.array(counts[codes][keep], pa.int64()))
-    return table
-
-
-def _distinct(column) -> tuple[pa.Array, np.ndarray, np.ndarray]:
-    """(distinct values, code of each row, count of each value), by hashing (no string sort)."""
-    encoded = pc.dictionary_encode(column)
-    if isinstance(encoded, pa.ChunkedArray):
-        encoded = encoded.unify_dictionaries().combine_chunks() if encoded.num_chunks else pa.array([], pa.dictionary(pa.int32(), pa.string()))
-    codes = encoded.indices.to_numpy(zero_copy_only=False).astype(np.int64)
-    return encoded.dictionary, codes, np.bincount(codes, minlength=len(encoded.dictionary))
-
-
-@dataclass(frozen=True)
-class ItemVocabulary:
-    """What the user stage needs to know of items: small arrays and one per-item array."""
-
-    num_items: int  # table rows, padding included
-    num_categories: int
-    offsets: vocab.RankOffsets | None  # exact mode: where each (partition, count) group starts
-    item_category: object  # ObjectRef of an int32 array: the category of each item index
-
-
-def _item_vocabulary(items, config: Config, output: "_Output") -> ItemVocabulary:
-    """Number the items of their partitions; categories by frequency; each item's category."""
+def _item_numbering(summaries: list[dict], config: Config, output: Output) -> stages.ItemNumbering:
+    """Items by frequency from the partitions' histograms; categories by their items' interactions."""
     data = config.data
     offsets = None
     if data.vocab == "exact":
-        offsets = vocab.RankOffsets.from_histograms(
-            _collect(items.map_batches(_item_histogram, batch_size=None, batch_format="pyarrow")))
-    num_items = offsets.total + 1 if offsets else data.item_buckets
-    rows = items.map_batches(_item_vocab_rows, batch_size=None, batch_format="pyarrow",
-                             fn_kwargs={"offsets": offsets, "num_items": num_items}).materialize()
-    if data.vocab == "exact":
-        output.write_dataset("vocab/item.parquet", rows.select_columns(["raw", "index", "count"]))
-    categories = _category_vocabulary(_collect(rows.map_batches(
-        _category_counts, batch_size=None, batch_format="pyarrow")), data.vocab, data.category_buckets)
+        offsets = vocab.RankOffsets.from_histograms(pa.concat_tables([s["histogram"] for s in summaries]))
+    categories = _category_vocabulary(pa.concat_tables([s["categories"] for s in summaries]), data.vocab,
+                                      data.category_buckets)
     output.write_table("vocab/category.parquet", categories)
+    num_items = offsets.total + 1 if offsets else data.item_buckets
     num_categories = categories.num_rows + 1 if data.vocab == "exact" else data.category_buckets
-    item_category = _assemble_item_categories(rows, categories, num_items, data.vocab, num_categories)
-    return ItemVocabulary(num_items, num_categories, offsets, ray.put(item_category))
-
-
-def _collect(dataset) -> pa.Table:
-    """Gather a dataset known to be small (histograms, per-category sums) on the driver."""
-    tables = [t for t in ray.get(dataset.to_arrow_refs()) if t.num_rows]
-    return pa.concat_tables(tables) if tables else pa.table({})
-
-
-def _category_counts(table: pa.Table) -> pa.Table:
-    known = table.filter(pc.is_valid(table["category"]))
-    return known.group_by("category").aggregate([("count", "sum")]).rename_columns(["category", "count"])
+    return stages.ItemNumbering(data.vocab, num_items, num_categories, offsets, categories)
 
 
 def _category_vocabulary(counts: pa.Table, mode: str, buckets: int) -> pa.Table:
     """Categories by frequency (interactions of their items); few enough for the driver."""
-    if counts.num_rows == 0:
-        return pa.table({"raw": pa.array([], pa.string()), "index": pa.array([], pa.int64()),
-                         "count": pa.array([], pa.int64())})
-    summed = counts.group_by("category").aggregate([("count", "sum")])
-    by_frequency = pa.table({"raw": summed["category"], "count": summed["count_sum"]})
-    by_frequency = by_frequency.take(pc.sort_indices(by_frequency, [("count", "descending"), ("raw", "ascending")]))
+    summed = counts.group_by("category").aggregate([("count_sum", "sum")])
+    by_frequency = pa.table({"raw": summed["category"], "count": summed["count_sum_sum"]})
+    by_frequency = by_frequency.sort_by([("count", "descending"), ("raw", "ascending")])
     index = (np.arange(1, by_frequency.num_rows + 1) if mode == "exact"
              else vocab.hashed_index(by_frequency["raw"], buckets))
     return pa.table({"raw": by_frequency["raw"], "index": pa.array(index, pa.int64()), "count": by_frequency["count"]})
 
 
-def _item_histogram(table: pa.Table) -> pa.Table:
-    items, counts, _ = _distinct_items(table)
-    return vocab.count_histogram(vocab.partition_id(items), counts)
+def _number_items(items: list, numbering: stages.ItemNumbering, rows: int, config: Config, output: Output,
+                  progress: Progress, task_peaks: dict):
+    user_partitions = _partitions(rows, config)
+    task = _number_items_task.options(num_returns=user_partitions + 2,
+                                      memory=_memory(math.ceil(rows / len(items)), SHUFFLE_BYTES_PER_ROW))
+    outputs = [task.remote(table, p, numbering, user_partitions, output) for p, table in enumerate(items)]
+    item_category = _item_category_task.remote(numbering.num_items, *[parts[-2] for parts in outputs])
+    peaks(gather([parts[-1] for parts in outputs] + [item_category], progress, "item numbering")[:-1],
+          "number_items", task_peaks)
+    progress.done(f"items numbered, partitioned by user ({user_partitions} partitions)", rows=rows)
+    return [[parts[p] for parts in outputs] for p in range(user_partitions)], item_category
 
 
-def _distinct_items(table: pa.Table) -> tuple[pa.Array, np.ndarray, pa.Array]:
-    """Distinct items of an item partition with their counts and categories (item stage)."""
-    items, codes, _ = _distinct(table["item"])
-    first = np.zeros(len(items), np.int64)
-    first[codes[::-1]] = np.arange(len(codes))[::-1]  # a row of each item
-    return items, table["item_count"].to_numpy()[first], pc.take(table["category"], first)
+def _user_reduce(by_user: list[list], sum_rows: int, config: Config, counts: stages.Counts, progress: Progress,
+                 task_peaks: dict):
+    rows = math.ceil(sum_rows / len(by_user))
+    task = _user_reduce_task.options(memory=_memory(rows, SHUFFLE_BYTES_PER_ROW))
+    outputs = [task.remote(p, config.data.min_user_count, *parts) for p, parts in enumerate(by_user)]
+    summaries = gather([summary for _, summary in outputs], progress, "user partitions", rows=lambda s: s["rows"])
+    for summary in summaries:
+        counts.merge(summary["counts"])
+    peaks(summaries, "user_reduce", task_peaks)
+    offsets = vocab.RankOffsets.from_histograms(pa.concat_tables([s["histogram"] for s in summaries]))
+    num_users = offsets.total + 1 if config.data.vocab == "exact" else config.data.user_buckets
+    progress.done(f"{offsets.total:,} users in their order", rows=sum_rows)
+    users = [(table, summary["rows"]) for (table, _), summary in zip(outputs, summaries)]
+    return users, stages.UserNumbering(config.data.vocab, num_users, offsets)
 
 
-def _item_indices(items: pa.Array, counts: np.ndarray, offsets, num_items: int) -> np.ndarray:
-    if offsets is None:
-        return vocab.hashed_index(items, num_items)
-    return vocab.frequency_index(items, counts, vocab.partition_id(items), offsets)
-
-
-def _item_vocab_rows(table: pa.Table, *, offsets, num_items: int) -> pa.Table:
-    items, counts, categories = _distinct_items(table)
-    return pa.table({"raw": items, "index": _item_indices(items, counts, offsets, num_items), "count": counts,
-                     "category": categories})
-
-
-def _assemble_item_categories(with_category, categories: pa.Table, num_items: int, mode: str,
-                              num_categories: int) -> np.ndarray:
-    """Category index of every item index (int32): the one per-item array the workers share."""
-    item_category = np.zeros(num_items, dtype=np.int32)
-    for ref in with_category.to_arrow_refs():
-        block = ray.get(ref)
-        item_category[block["index"].to_numpy()] = _category_index(block["category"], categories, mode, num_categories)
-    return item_category
-
-
-def _category_index(raw, categories: pa.Table, mode: str, num_categories: int) -> np.ndarray:
-    known = pc.is_valid(raw).to_numpy(zero_copy_only=False)
-    if mode == "hashed":
-        return np.where(known, vocab.hashed_index(pc.fill_null(raw, ""), num_categories), 0)
-    found = pc.index_in(raw, value_set=categories["raw"])
-    return pc.fill_null(pc.add(found, 1), 0).to_numpy(zero_copy_only=False).astype(np.int64)
-
-
-def _index_items(table: pa.Table, *, item_vocab: ItemVocabulary) -> pa.Table:
-    """Replace raw item ids by their indices (the partition holds complete items)."""
-    items, counts, _ = _distinct_items(table)
-    index = _item_indices(items, counts, item_vocab.offsets, item_vocab.num_items)
-    item = index[pc.index_in(table["item"], value_set=items).to_numpy()]
-    category = ray.get(item_vocab.item_category)[item].astype(np.int64)
-    return pa.table({"user": table["user"], "item": pa.array(item, pa.int64()),
-                     "category": pa.array(category, pa.int64()), "timestamp": table["timestamp"],
-                     "position": table["position"]})
-
-
-# ----------------------------------------------------------------------------- user stage
-
-
-def _user_vocabulary(by_user, config: Config, output: "_Output"):
+def _user_stage(users: list, numbering: stages.UserNumbering, items: stages.ItemNumbering, item_category,
+                config: Config, output: Output, counts: stages.Counts, progress: Progress, task_peaks: dict) -> None:
     data = config.data
-    if data.vocab == "hashed":
-        return None, data.user_buckets
-    histogram = _collect(by_user.map_batches(_user_histogram, batch_size=None, batch_format="pyarrow",
-                                             fn_kwargs={"min_count": data.min_user_count}))
-    offsets = vocab.RankOffsets.from_histograms(histogram)
-    rows = by_user.map_batches(_user_vocab_rows, batch_size=None, batch_format="pyarrow",
-                               fn_kwargs={"min_count": data.min_user_count, "offsets": offsets})
-    output.write_dataset("vocab/user.parquet", rows)
-    return offsets, offsets.total + 1
+    count_ranges = items.offsets.count_ranges() if items.offsets else None
+    history_bytes = 3 * data.rows_per_file * 2 * data.max_history * 8
+    results = [_user_stage_task.options(memory=_memory(rows, USER_STAGE_BYTES_PER_ROW, history_bytes)).remote(
+        table, p, config, numbering, items.num_items, count_ranges, item_category, output)
+        for p, (table, rows) in enumerate(users)]
+    results = gather(results, progress, "user partitions written", rows=_impressions)
+    for result in results:
+        counts.merge(result["counts"])
+    peaks(results, "user_stage", task_peaks)
+    progress.done("histories, splits, context, negatives, Skive-Above; wrote train / valid / test",
+                  rows=sum(map(_impressions, results)))
 
 
-def _users_of(table: pa.Table, min_count: int):
-    """Distinct users of a user partition, each row's user code, counts, and who is kept."""
-    users, codes, counts = _distinct(table["user"])
-    return users, codes, counts, counts >= min_count
+def _impressions(result: dict) -> int:
+    return sum(result["counts"]["impressions"].values())
 
 
-def _user_histogram(table: pa.Table, *, min_count: int) -> pa.Table:
-    users, _, counts, kept = _users_of(table, min_count)
-    return vocab.count_histogram(vocab.partition_id(users), counts[kept])
+# ----------------------------------------------------------------------------- meta.json
 
 
-def _user_vocab_rows(table: pa.Table, *, min_count: int, offsets) -> pa.Table:
-    users, _, counts, kept = _users_of(table, min_count)
-    raw = users.filter(pa.array(kept))
-    return pa.table({"raw": raw, "index": vocab.frequency_index(raw, counts[kept], vocab.partition_id(users), offsets),
-                     "count": counts[kept].astype(np.int64)})
-
-
-def _user_stage_and_write(table: pa.Table, *, output: "_Output", **stage_args) -> pa.Table:
-    """Each user partition writes its own Parquet part of every split (no second pass)."""
-    impressions = _user_stage(table, **stage_args)
-    partition = vocab.partition_id(table["user"])
-    part = f"part-{partition:020d}"
-    split = impressions["split"].to_numpy()
-    for k, name in enumerate(sequences.SPLIT_NAMES):
-        rows = impressions.filter(split == k).drop_columns(["split"])
-        if name == "train":
-            rows = _shuffled(rows, seed=[stage_args["config"].sampling.seed, partition, k])
-        output.write_part(name, part, rows)
-    return pa.table({"rows": [impressions.num_rows]})
-
-
-def _shuffled(rows: pa.Table, seed: list[int]) -> pa.Table:
-    """Training rows in random order: built user by user in time order, they would reach SGD as
-    one user's whole history at a time (on Grocery that cost EAIN 0.07 test AUC, and diverged)."""
-    return rows.take(np.random.default_rng(seed).permutation(rows.num_rows))
-
-
-def _user_stage(table: pa.Table, *, config: Config, user_offsets, num_users: int,
-                item_vocab: ItemVocabulary, counters) -> pa.Table:
-    """One user partition -> impressions of all three splits (column `split`)."""
-    data = config.data
-    users, codes, counts, kept = _users_of(table, data.min_user_count)
-    keep_rows = kept[codes]
-    _add(counters, "min_user_count", users_dropped=int((~kept).sum()), rows_dropped=int((~keep_rows).sum()),
-         users_kept=int(kept.sum()))
-    user_index = _user_indices(users, counts, kept, user_offsets, num_users, data.vocab)
-    seq = sequences.sort_by_user_order(*(column[keep_rows] for column in (
-        user_index[codes], table["item"].to_numpy(), table["category"].to_numpy(), table["timestamp"].to_numpy(),
-        table["position"].to_numpy())))
-    rng = np.random.default_rng([config.sampling.seed, vocab.partition_id(users)])
-    rows = _row_features(seq, data.max_history, data.history_ties, config.sampling.session_gap_s)
-    positive = np.flatnonzero(rows["split"] >= 0)
-    _add(counters, "split", train_without_history=int((rows["split"] < 0).sum()),
-         **{f"{name}_positives": int((rows["split"] == k).sum()) for k, name in enumerate(sequences.SPLIT_NAMES)})
-    negative, negative_item = _negatives(positive, seq, config, item_vocab, rng, counters)
-    source = np.concatenate([positive, negative])  # the sequence row each impression copies
-    item = np.concatenate([seq.item[positive], negative_item])
-    category = np.concatenate([seq.category[positive], _categories_of(negative_item, item_vocab)])
-    label = np.r_[np.ones(len(positive), np.float32), np.zeros(len(negative), np.float32)]
-    position = sampling.random_positions(rows["request_id"][source], rng)
-    keep = _skive_above(rows["split"][source], rows["request_id"][source], position, label, config, counters)
-    impressions = _impression_table(seq, rows, source[keep], item[keep], category[keep], label[keep],
-                                    position[keep], data.max_history)
-    _add(counters, "impressions", **{name: int((impressions["split"].to_numpy() == k).sum())
-                                     for k, name in enumerate(sequences.SPLIT_NAMES)})
-    return impressions
-
-
-def _user_indices(users: pa.Array, counts, kept, offsets, num_users: int, mode: str) -> np.ndarray:
-    index = np.zeros(len(users), np.int64)
-    raw = users.filter(pa.array(kept))
-    if mode == "hashed":
-        index[kept] = vocab.hashed_index(raw, num_users)
-    else:
-        index[kept] = vocab.frequency_index(raw, counts[kept], vocab.partition_id(users), offsets)
-    return index
-
-
-def _row_features(seq: sequences.UserSequences, max_history: int, history_ties: str,
-                  session_gap_s: int) -> dict[str, np.ndarray]:
-    """Per observed review: history bounds, context, split (-1 = dropped) and request."""
-    hist_end = sequences.history_end(seq, history_ties)
-    hist_start = np.maximum(seq.user_start, hist_end - max_history)
-    split = sequences.split_of(seq, hist_end - hist_start)
-    session = sampling.session_starts(seq.user_start, seq.timestamp, session_gap_s)
-    own_request = split != sequences.SPLIT_TRAIN  # valid / test positives stand alone
-    request_row = np.where(own_request, np.arange(len(split)), session) - seq.user_start
-    return {"hist_start": hist_start, "hist_end": hist_end, "split": split,
-            "request_id": (seq.user << REQUEST_SHIFT) | request_row,
-            **sequences.context_features(seq, hist_end)}
-
-
-def _negatives(positive: np.ndarray, seq: sequences.UserSequences, config: Config, item_vocab: ItemVocabulary,
-               rng: np.random.Generator, counters) -> tuple[np.ndarray, np.ndarray]:
-    """`sampling.negatives` items per positive that its user never had: (source rows, items)."""
-    source = np.repeat(positive, config.sampling.negatives)
-    ordinal = np.cumsum(np.r_[0, np.diff(seq.user) != 0])
-    key_space = int(max(item_vocab.num_items, seq.item.max(initial=0) + 1))
-    user_item_keys = np.unique(ordinal * key_space + seq.item)
-    sampler = _sampler(config, item_vocab, seq)
-    items, ok = sampling.draw_negatives(sampler, rng, ordinal[source], user_item_keys, key_space)
-    _add(counters, "negatives", drawn=int(ok.sum()), unavailable=int((~ok).sum()))
-    return source[ok], items[ok]
-
-
-def _sampler(config: Config, item_vocab: ItemVocabulary, seq: sequences.UserSequences):
-    strategy = config.sampling.strategy
-    if config.data.vocab == "hashed":
-        return sampling.LocalItemSampler(seq.item, by_popularity=strategy == "popularity")
-    if strategy == "uniform":
-        return sampling.UniformSampler(item_vocab.num_items)
-    first, size, count = item_vocab.offsets.count_ranges()
-    return sampling.FrequencyRankSampler.from_count_ranges(first, size, count, config.sampling.popularity_power)
-
-
-def _categories_of(items: np.ndarray, item_vocab: ItemVocabulary) -> np.ndarray:
-    return ray.get(item_vocab.item_category)[items].astype(np.int64)
-
-
-def _skive_above(split, request_id, position, label, config: Config, counters) -> np.ndarray:
-    keep = np.ones(len(label), dtype=bool)
-    if config.sampling.skive_above:
-        train = split == sequences.SPLIT_TRAIN
-        keep = ~train | sampling.skive_above_keep(request_id, position, label)
-    _add(counters, "skive_above", negatives_dropped=int((~keep).sum()))
-    return keep
-
-
-def _impression_table(seq, rows: dict, source, item, category, label, position, max_history: int) -> pa.Table:
-    """Histories are gathered once, for the impressions that survive."""
-    start, end = rows["hist_start"][source], rows["hist_end"][source]
-    return pa.table({
-        "label": pa.array(label, pa.float32()),
-        "user": pa.array(seq.user[source], pa.int64()),
-        "item": pa.array(item, pa.int64()),
-        "category": pa.array(category, pa.int64()),
-        "hour": pa.array(rows["hour"][source], pa.int64()),
-        "weekday": pa.array(rows["weekday"][source], pa.int64()),
-        "gap": pa.array(rows["gap"][source], pa.int64()),
-        "hist_item": _list_column(sequences.gather_history(seq.item, start, end, max_history), max_history),
-        "hist_category": _list_column(sequences.gather_history(seq.category, start, end, max_history), max_history),
-        "hist_len": pa.array(end - start, pa.int32()),
-        "request_id": pa.array(rows["request_id"][source], pa.int64()),
-        "position": pa.array(position, pa.int32()),
-        "timestamp": pa.array(seq.timestamp[source], pa.int64()),
-        "split": pa.array(rows["split"][source], pa.int8()),
-    })
-
-
-def _list_column(matrix: np.ndarray, width: int) -> pa.Array:
-    flat = pa.array(np.ascontiguousarray(matrix, dtype=np.int64).reshape(-1), pa.int64())
-    offsets = pa.array(np.arange(0, len(flat) + 1, max(width, 1), dtype=np.int32)[: len(matrix) + 1])
-    return pa.ListArray.from_arrays(offsets, flat)
-
-
-# ----------------------------------------------------------------------------- output
-
-
-def _meta(config: Config, files, meta_files, counts: dict, split_rows: dict, num_users: int,
-          item_vocab: ItemVocabulary) -> dict:
+def _meta(config: Config, files, meta_files, counts: dict, users: stages.UserNumbering, items: stages.ItemNumbering,
+          rejects: dict) -> dict:
     return {
         "schema_version": SCHEMA_VERSION,
-        "tables": {"user": int(num_users), "item": int(item_vocab.num_items),
-                   "category": int(item_vocab.num_categories), "hour": 24, "weekday": 7, "gap": GAP_BUCKETS},
+        "tables": {"user": int(users.num_users), "item": int(items.num_items),
+                   "category": int(items.num_categories), "hour": 24, "weekday": 7, "gap": GAP_BUCKETS},
         "features": FEATURES,
         "max_history": config.data.max_history,
         "vocab": config.data.vocab,
-        "splits": split_rows,
+        "splits": {name: counts.get("impressions", {}).get(name, 0) for name in ("train", "valid", "test")},
         "sources": {"reviews": files, "meta": meta_files, "fingerprint": _fingerprint(files + meta_files, config)},
-        "counts": {k: v for k, v in counts.items() if k != "rejects"},
-        "rejects": {"total": counts["read"]["rejects"], "by_file": counts["rejects"]["rejects"],
-                    "records_by_file": counts["rejects"]["records"], "notes": counts["rejects"]["notes"]},
+        "counts": dict(counts),
+        "rejects": {"total": counts["read"]["rejects"], "by_file": rejects["rejects"],
+                    "records_by_file": rejects["records"], "notes": rejects["notes"]},
         "config": to_dict(config),
     }
 
@@ -626,61 +355,3 @@ def _fingerprint(files: list[str], config: Config) -> str:
         info = fs.info(local)
         digest.update(json.dumps([path, info.get("size"), str(info.get("mtime") or info.get("ETag") or info.get("LastModified"))]).encode())
     return digest.hexdigest()
-
-
-class _Output:
-    """The prepared dataset's folder, local or s3://."""
-
-    PARTS = ("train", "valid", "test", "vocab", "rejects", "meta.json")
-
-    def __init__(self, root: str, config: Config):
-        self.root = root.rstrip("/")
-        self.rows_per_file = config.data.rows_per_file
-        self.fs, self.path = filesystem_for(self.root, config.data.s3)
-        self.arrow_fs, self.arrow_path = pyarrow_filesystem(self.root, config.data.s3)
-
-    def clear(self) -> None:
-        """Remove a previous prepared dataset here; refuse to touch any other folder."""
-        if not self.fs.exists(self.path):
-            return
-        entries = {e.rstrip("/").rsplit("/", 1)[-1] for e in self.fs.ls(self.path, detail=False)}
-        if entries and "meta.json" not in entries and not entries <= set(self.PARTS):
-            raise InputError(f"data.output {self.root} exists and is not a prepared dataset; choose an empty folder")
-        for name in entries & set(self.PARTS):
-            self.fs.rm(f"{self.path}/{name}", recursive=True)
-
-    def write_dataset(self, name: str, dataset) -> None:
-        dataset.write_parquet(f"{self.arrow_path}/{name}", filesystem=self.arrow_fs,
-                              max_rows_per_file=self.rows_per_file)
-
-    def make_split_folders(self) -> None:
-        for name in sequences.SPLIT_NAMES:
-            self.fs.makedirs(f"{self.path}/{name}", exist_ok=True)
-
-    def write_part(self, folder: str, part: str, table: pa.Table) -> None:
-        """One task's rows of a split, in files of at most data.rows_per_file rows."""
-        import pyarrow.parquet as pq
-
-        for number, start in enumerate(range(0, max(table.num_rows, 1), self.rows_per_file)):
-            with self.fs.open(f"{self.path}/{folder}/{part}-{number:04d}.parquet", "wb") as handle:
-                pq.write_table(table.slice(start, self.rows_per_file), handle)
-
-    def write_table(self, name: str, table: pa.Table) -> None:
-        import pyarrow.parquet as pq
-
-        self.fs.makedirs(f"{self.path}/{name.rsplit('/', 1)[0]}", exist_ok=True)
-        with self.fs.open(f"{self.path}/{name}", "wb") as handle:
-            pq.write_table(table, handle)
-
-    def write_json(self, name: str, value: dict) -> None:
-        self.fs.makedirs(self.path, exist_ok=True)
-        with self.fs.open(f"{self.path}/{name}", "w") as handle:
-            json.dump(value, handle, indent=2, default=str)
-
-    def write_rejects(self, rejects: dict) -> None:
-        if not rejects.get("samples"):
-            return
-        self.fs.makedirs(f"{self.path}/rejects", exist_ok=True)
-        with self.fs.open(f"{self.path}/rejects/samples.jsonl", "w") as handle:
-            for sample in rejects["samples"]:
-                handle.write(json.dumps(sample) + "\n")

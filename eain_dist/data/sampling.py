@@ -97,10 +97,12 @@ def session_starts(user_start: np.ndarray, timestamp: np.ndarray, gap_s: int) ->
     return np.maximum.accumulate(np.where(new_session, rows, 0))
 
 
-def random_positions(request_id: np.ndarray, rng: np.random.Generator) -> np.ndarray:
-    """Shuffle the impressions of each request into positions 0..k-1."""
-    order = np.lexsort((rng.random(len(request_id)), request_id))
-    sorted_requests = request_id[order]
+def random_positions(request: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """Shuffle the impressions of each request into positions 0..k-1. `request` is a dense
+    request index (0 <= request < 2^40): a random fraction added to it orders each request's
+    impressions randomly in one float sort."""
+    order = np.argsort(request + rng.random(len(request)))
+    sorted_requests = request[order]
     first = np.concatenate(([True], sorted_requests[1:] != sorted_requests[:-1]))
     start = np.maximum.accumulate(np.where(first, np.arange(len(order)), 0))
     position = np.empty(len(order), dtype=np.int32)
@@ -108,10 +110,10 @@ def random_positions(request_id: np.ndarray, rng: np.random.Generator) -> np.nda
     return position
 
 
-def skive_above_keep(request_id: np.ndarray, position: np.ndarray, label: np.ndarray) -> np.ndarray:
-    """Mask keeping positives and the negatives placed before their request's last positive."""
+def skive_above_keep(request: np.ndarray, position: np.ndarray, label: np.ndarray) -> np.ndarray:
+    """Mask keeping positives and the negatives placed before their request's last positive
+    (`request`: a dense request index)."""
     positive = label > 0
-    requests, inverse = np.unique(request_id, return_inverse=True)
-    last_positive = np.full(len(requests), -1, dtype=np.int64)
-    np.maximum.at(last_positive, inverse[positive], position[positive])
-    return positive | (position < last_positive[inverse])
+    last_positive = np.full(int(request.max(initial=-1)) + 1, -1, dtype=np.int64)
+    np.maximum.at(last_positive, request[positive], position[positive])
+    return positive | (position < last_positive[request])

@@ -29,28 +29,24 @@ SPLIT_NAMES = ("train", "valid", "test")
 
 @dataclass(frozen=True, kw_only=True)
 class UserSequences:
-    """A partition's interactions sorted by (user, timestamp, input position), with per-row user
-    bounds."""
+    """A partition's interactions in the users' order, with per-row user bounds."""
 
-    user: np.ndarray  # N, int64 user index
+    user: np.ndarray  # N, the user's ordinal in the partition: rows are grouped by it
     item: np.ndarray  # N, int64 item index
     category: np.ndarray  # N, int64 category index
     timestamp: np.ndarray  # N, int64 seconds
     user_start: np.ndarray  # N, first row of this row's user
     user_end: np.ndarray  # N, one past the last row of this row's user
 
-
-def sort_by_user_order(user, item, category, timestamp, position) -> UserSequences:
-    order = np.lexsort((position, timestamp, user))
-    user, item, category, timestamp = user[order], item[order], category[order], timestamp[order]
-    boundaries = np.flatnonzero(np.diff(user)) + 1
-    starts = np.concatenate(([0], boundaries))
-    ends = np.concatenate((boundaries, [len(user)]))
-    lengths = ends - starts
-    return UserSequences(
-        user=user, item=item, category=category, timestamp=timestamp,
-        user_start=np.repeat(starts, lengths), user_end=np.repeat(ends, lengths),
-    )
+    @classmethod
+    def of_ordered(cls, user, item, category, timestamp) -> UserSequences:
+        """From rows already in the users' order: by user, then (timestamp, input position)."""
+        boundaries = np.flatnonzero(np.diff(user)) + 1
+        starts = np.concatenate(([0], boundaries))
+        ends = np.concatenate((boundaries, [len(user)]))
+        lengths = ends - starts
+        return cls(user=user, item=item, category=category, timestamp=timestamp,
+                   user_start=np.repeat(starts, lengths), user_end=np.repeat(ends, lengths))
 
 
 def history_end(seq: UserSequences, ties: str) -> np.ndarray:
@@ -64,15 +60,21 @@ def history_end(seq: UserSequences, ties: str) -> np.ndarray:
     return np.searchsorted(key, key, side="left")
 
 
-def gather_history(values: np.ndarray, start: np.ndarray, end: np.ndarray, max_history: int) -> np.ndarray:
-    """N x L matrix of values[max(start, end-L):end], left-padded with 0."""
-    # A history is a contiguous slice of the sorted rows: take the L-wide window ending at
-    # `end` from a zero-padded copy (one gather), then blank what belongs to other users.
-    padded = np.concatenate([np.zeros(max_history, dtype=np.int64), values.astype(np.int64, copy=False)])
-    windows = np.lib.stride_tricks.sliding_window_view(padded, max_history)
-    history = windows[end]  # N x L: values[end-L:end]
-    own = np.arange(max_history)[None, :] >= (max_history - (end - start))[:, None]
-    return np.multiply(history, own, out=history)  # in place: N x L is the largest array here
+def history_windows(values: np.ndarray, user: np.ndarray, max_history: int) -> np.ndarray:
+    """Every L-wide window of `values` with L zeros in front of each user's rows (`user`: dense
+    ordinals, rows grouped by them in order). Window `end + user * L` holds the L values before
+    row `end` of that user, zeros where the user's rows run out: a history in one gather, with
+    no mask and nothing of another user."""
+    users = int(user[-1]) + 1 if len(user) else 0
+    padded = np.zeros(len(values) + users * max_history, np.int64)
+    padded[np.arange(len(values)) + (user + 1) * max_history] = values
+    return np.lib.stride_tricks.sliding_window_view(padded, max_history)
+
+
+def gather_history(windows: np.ndarray, user: np.ndarray, end: np.ndarray, max_history: int) -> np.ndarray:
+    """N x L: the histories ending (exclusive) at rows `end` of users `user`, left-padded with 0
+    (windows: `history_windows`; the history starts at max(user's first row, end - L))."""
+    return windows[end + user * max_history]
 
 
 def split_of(seq: UserSequences, hist_len: np.ndarray) -> np.ndarray:
