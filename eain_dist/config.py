@@ -149,7 +149,9 @@ class CompareConfig:
 class ServeConfig:
     """`eain score` / `eain recommend`: using a trained run (eain_dist/serve/)."""
 
-    batch_size: int = 4096  # rows per model call (score), users' candidate pairs per call (recommend)
+    # Rows per model call (score), (user, candidate) pairs per call (recommend): what bounds an
+    # actor's activation memory (EAIN at dim 32: about 0.5 GiB at 1024, 2 GiB at 4096).
+    batch_size: int = 1024
     actors: int = 0  # model replicas in Ray Data's actor pool; 0 = one per CPU (per GPU with use_gpu)
     use_gpu: bool = False  # one GPU per actor
     top_k: int = 10  # recommend: items per user

@@ -319,7 +319,8 @@ def test_bad_input_fails_in_one_line_and_leaves_nothing_done(trained, tmp_path, 
     big = pq.read_table(trained / "prepared/test")
     big = big.set_column(big.schema.get_field_index("item"), "item", pa.array(big["item"].to_numpy() + 10_000))
     pq.write_table(big, tmp_path / "big.parquet")
-    code, _, err = eain(capsys, "score", "--run", run, "--input", tmp_path / "big.parquet", "--output", tmp_path / "out")
+    code, _, err = eain(capsys, "score", "--run", run, "--input", tmp_path / "big.parquet",
+                        "--output", tmp_path / "out")
     _one_line_failure(code, err, "'item'", "not a row of the run's item table")
     assert not (tmp_path / "out").exists() and not list(tmp_path.glob(".out.staging-*"))
     # Raw ids of another dataset: mostly unknown.
@@ -333,7 +334,8 @@ def test_bad_input_fails_in_one_line_and_leaves_nothing_done(trained, tmp_path, 
     # An output folder that is not an earlier eain output is never replaced.
     (tmp_path / "mine").mkdir()
     (tmp_path / "mine/notes.txt").write_text("keep me")
-    code, _, err = eain(capsys, "score", "--run", run, "--input", trained / "prepared/test", "--output", tmp_path / "mine")
+    code, _, err = eain(capsys, "score", "--run", run, "--input", trained / "prepared/test",
+                        "--output", tmp_path / "mine")
     _one_line_failure(code, err, "not a finished eain output")
     assert (tmp_path / "mine/notes.txt").read_text() == "keep me"
 

@@ -64,7 +64,7 @@ def plan_input(schema: pa.Schema, source: str, config: Config, meta: dict, ids: 
         raise InputError(f"{source}: column {missing[0]!r} is missing; the run's {config.model.name} model needs "
                          f"{', '.join(needed)} ({mode} ids)")
     for name in needed:
-        _check_type(schema.field(name), mode, source)
+        _check_type(schema.field(name), mode == "raw" and features.get(name, name) in VOCAB_TABLES, source)
     dropped = set(meta["features"]) | {"hist_len", *SCORE_COLUMNS}
     carried = tuple(name for name in schema.names if name not in dropped)
     return InputPlan(mode=mode, features=features, table_rows=dict(meta["tables"]),
@@ -83,16 +83,16 @@ def _is_text(kind: pa.DataType) -> bool:
     return pa.types.is_string(kind) or pa.types.is_large_string(kind)
 
 
-def _check_type(field: pa.Field, mode: str, source: str) -> None:
+def _check_type(field: pa.Field, raw_ids: bool, source: str) -> None:
+    """Integers (table indices, or the context numbers), or strings where raw ids are mapped."""
     kind = field.type
     is_list = pa.types.is_list(kind) or pa.types.is_large_list(kind) or pa.types.is_fixed_size_list(kind)
     if field.name in LIST_COLUMNS and not is_list:
         raise InputError(f"{source}: column {field.name!r} must be a list (the history, most recent last), got {kind}")
     value = kind.value_type if is_list else kind
-    ok = pa.types.is_integer(value) or (mode == "raw" and _is_text(value))
-    if not ok:
-        raise InputError(f"{source}: column {field.name!r} has type {kind}; {mode} input needs "
-                         f"{'integers or strings' if mode == 'raw' else 'integer table indices'}")
+    if not (pa.types.is_integer(value) or (raw_ids and _is_text(value))):
+        raise InputError(f"{source}: column {field.name!r} has type {kind}; it needs "
+                         f"{'raw ids (strings or integers)' if raw_ids else 'integers'}")
 
 
 def model_input(batch: pa.Table, plan: InputPlan, vocabularies: dict[str, Vocabulary]) -> tuple[pa.Table, dict]:
@@ -110,7 +110,8 @@ def model_input(batch: pa.Table, plan: InputPlan, vocabularies: dict[str, Vocabu
     for name, table in plan.features.items():
         raw = plan.mode == "raw" and table in VOCAB_TABLES
         if name in LIST_COLUMNS:
-            matrix, lengths[name], unknown[name] = _history(name, batch[name], plan, vocabularies.get(table) if raw else None)
+            vocabulary = vocabularies.get(table) if raw else None
+            matrix, lengths[name], unknown[name] = _history(name, batch[name], plan, vocabulary)
             _check_range(name, table, matrix, plan)
             columns[name] = fixed_lists(matrix)
         else:
@@ -119,7 +120,8 @@ def model_input(batch: pa.Table, plan: InputPlan, vocabularies: dict[str, Vocabu
             _check_range(name, table, values, plan)
             columns[name] = pa.array(values, pa.int64())
     if lengths:
-        columns["hist_len"] = pa.array(_history_lengths(lengths) if plan.mode == "raw" else _hist_len(batch, plan.max_history))
+        hist_len = _history_lengths(lengths) if plan.mode == "raw" else _hist_len(batch, plan.max_history)
+        columns["hist_len"] = pa.array(hist_len)
     return pa.table(columns), {name: n for name, n in unknown.items() if n}
 
 

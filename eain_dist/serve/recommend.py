@@ -26,6 +26,7 @@ What a recommendation uses (the choices, in one place):
 
 from __future__ import annotations
 
+import math
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -51,6 +52,7 @@ from eain_dist.serve.replicas import (
 )
 from eain_dist.serve.tables import load_run
 
+BATCHES_PER_TASK = 4  # batches of serve.users_per_batch users per actor task
 POSITIVE_COLUMNS = ["user", "item", "category", "hist_item", "hist_category", "hist_len", "timestamp", "label"]
 
 
@@ -89,6 +91,7 @@ def recommend(run_dir: str, users: str | None, output: str | None = None, overri
     catalogue, latest = _catalogue(histories, meta)
     at = config.serve.at if config.serve.at is not None else latest
     requests, cold = _requests(histories, wanted, vocabularies["user"], meta["max_history"])
+    requests = _in_short_tasks(requests.materialize(), config.serve.users_per_batch)
     pool = actor_pool(config)
     tally = Tally.remote()
     ranked = requests.map_batches(
@@ -132,11 +135,12 @@ class TopKRecommender:
         ranked = top_k(logits, [len(c) for c in candidates], self.serve.top_k)  # positions into pairs
         ray.get(self.tally.add.remote({"users": users.num_rows, "pairs": pairs.num_rows}))
         owner = np.repeat(np.arange(users.num_rows), [len(r) for r in ranked])
-        flat = np.concatenate(ranked) if ranked else np.zeros(0, np.int64)
+        flat = np.concatenate([np.zeros(0, np.int64), *ranked])
+        ranks = np.concatenate([np.zeros(0, np.int32), *(np.arange(1, len(r) + 1, dtype=np.int32) for r in ranked)])
         items = pairs["item"].to_numpy()[flat]
         return pa.table({
             "user": users["raw_user"].take(pa.array(owner)),
-            "rank": pa.array(np.concatenate([np.arange(1, len(r) + 1) for r in ranked] or [[]]).astype(np.int32)),
+            "rank": pa.array(ranks),
             "item": self.items.raw_ids(items).cast(pa.string()),
             "score": pa.array(torch.sigmoid(torch.from_numpy(logits[flat])).numpy()),
         })
@@ -318,6 +322,14 @@ def _requests(histories: ray.data.Dataset, wanted: list[str] | None, users: Voca
         return found, 0
     rows = _cold_rows(index[cold], pa.array([wanted[k] for k in cold], pa.string()), max_history)
     return found.union(ray.data.from_arrow(rows)), len(cold)
+
+
+def _in_short_tasks(requests: ray.data.Dataset, users_per_batch: int) -> ray.data.Dataset:
+    """Blocks of a few batches of users, so that an actor task is short: the actors share the work
+    evenly and Ray Data sees steady progress (one task per user partition ran for over 30 minutes
+    on Grocery on a loaded machine, and Ray Data stopped it for making no progress)."""
+    blocks = math.ceil(requests.count() / (BATCHES_PER_TASK * users_per_batch))
+    return requests.repartition(max(1, blocks))
 
 
 def _named_by_vocabulary(table: pa.Table, *, vocabulary: list) -> pa.Table:

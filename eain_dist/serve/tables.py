@@ -140,8 +140,8 @@ def _check_table_size(name: str, rows: int, width: int, table: TableConfig, chec
     cause = ("a shard file is missing, or data.output was re-prepared from other data"
              if rows < table.num_embeddings and width == table.embedding_dim
              else "data.output was re-prepared from other data (vocabulary of another dataset)")
-    raise InputError(f"checkpoint {checkpoint}: its shard files hold {rows:,} rows x {width} of table {name!r}, but the "
-                     f"run's config and meta.json build {table.num_embeddings:,} x {table.embedding_dim}: {cause}")
+    raise InputError(f"checkpoint {checkpoint}: its shard files hold {rows:,} rows x {width} of table {name!r}, but "
+                     f"the run's config and meta.json build {table.num_embeddings:,} x {table.embedding_dim}: {cause}")
 
 
 def _load(fs, path: str) -> dict:
