@@ -11,9 +11,7 @@ samples/s. Writes gpu.json and gpu.md.
 from __future__ import annotations
 
 import argparse
-import json
 import os
-import socket
 import sys
 import time
 from pathlib import Path
@@ -23,11 +21,15 @@ import torch
 import torch.distributed as dist
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from eain_dist.config import load_config  # noqa: E402
-from eain_dist.distributed.sharded_embedding import RowWiseAdagrad, ShardedEmbeddingCollection  # noqa: E402
+from eain_dist.distributed.row_optimizers import RowWiseAdagrad  # noqa: E402
+from eain_dist.distributed.sharded_embedding import ShardedEmbeddingCollection  # noqa: E402
 from eain_dist.model.embedding import TableConfig  # noqa: E402
-from eain_dist.train import steps  # noqa: E402
+from eain_dist.data.loader import to_device  # noqa: E402
+from eain_dist.train.worker import build_worker, train_step  # noqa: E402
+from common import free_port, write_results  # noqa: E402
 
 
 def _timed(fn, repeats: int) -> float:
@@ -56,7 +58,7 @@ def table_throughput(rows: int, dim: int, ids_per_step: int, device) -> dict:
 
     def train():
         out = collection({"item": batches[state["i"] % 20]})
-        (out.embeddings["item"].sum() + out.l2).backward()
+        out.embeddings["item"].sum().backward()
         collection.step()
         state["i"] += 1
 
@@ -74,7 +76,7 @@ def eain_throughput(batch_size: int, device) -> dict:
             "features": {"user": "user", "item": "item", "hist_item": "item", "category": "category",
                          "hist_category": "category", "hour": "hour", "weekday": "weekday", "gap": "gap"},
             "max_history": 50}
-    worker = steps.build_worker(load_config(), meta, device)
+    worker = build_worker(load_config(), meta, device)
     rng = np.random.default_rng(0)
     batch = {
         "label": torch.from_numpy(rng.integers(0, 2, batch_size).astype(np.float32)),
@@ -87,10 +89,10 @@ def eain_throughput(batch_size: int, device) -> dict:
         "hist_len": torch.from_numpy(rng.integers(0, 51, batch_size)),
         "position": torch.zeros(batch_size, dtype=torch.long), "request_id": torch.zeros(batch_size, dtype=torch.long),
     }
-    batch = steps.to_device(batch, device)
+    batch = to_device(batch, device)
     for _ in range(3):
-        steps.train_step(worker, batch)
-    seconds = _timed(lambda: steps.train_step(worker, batch), 30)
+        train_step(worker, batch)
+    seconds = _timed(lambda: train_step(worker, batch), 30)
     return {"batch_size": batch_size, "samples_per_s": batch_size / seconds, "step_ms": seconds * 1000}
 
 
@@ -99,18 +101,13 @@ def main() -> None:
     parser.add_argument("--out", default="benchmarks/results")
     parser.add_argument("--rows", type=int, default=100_000_000)
     args = parser.parse_args()
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(sock.getsockname()[1]))
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(free_port()))
     dist.init_process_group("nccl", rank=0, world_size=1)
     device = torch.device("cuda", 0)
     results = {"device": torch.cuda.get_device_name(0), "torch": torch.__version__,
                "eain": [eain_throughput(b, device) for b in (1024, 4096)],
                "table": table_throughput(args.rows, 16, 1024 * 51, device)}
     dist.destroy_process_group()
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "gpu.json").write_text(json.dumps(results, indent=2))
     lines = [f"# GPU (NCCL, one rank): {results['device']}, torch {results['torch']}", "",
              "`python benchmarks/gpu.py` on a lent GPU machine (CI has none).", "",
              "| what | figure |", "|---|---:|"]
@@ -120,8 +117,8 @@ def main() -> None:
     lines += [f"| {t['rows']:,} x {t['dim']} table + row-wise Adagrad state on the GPU | {t['table_and_state_gib']:.1f} GiB (init {t['init_s']:.1f} s) |",
               f"| lookups ({t['ids_per_step']:,} Zipf ids per call) | {t['lookup_ids_per_s']:,.0f} ids/s |",
               f"| lookup + backward + row-wise update | {t['train_steps_per_s']:,.1f} steps/s ({t['train_ids_per_s']:,.0f} ids/s) |"]
-    (out / "gpu.md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
+    write_results("gpu", results, "\n".join(lines) + "\n", Path(args.out))
 
 
 if __name__ == "__main__":

@@ -13,10 +13,9 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import json
 import os
-import platform
 import statistics
+import sys
 import time
 from pathlib import Path
 
@@ -25,7 +24,9 @@ from torch import Tensor, nn
 
 from eain_dist.model import MODEL_NAMES, ModelConfig, build_model, ctr_loss
 
-RESULTS = Path(__file__).parent / "results"
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from common import RESULTS, write_results  # noqa: E402
+from common import machine_info as common_machine_info  # noqa: E402
 # The embedded demo dataset's meta.json (rows include the padding row 0).
 META = {
     "tables": {"user": 4001, "item": 2001, "category": 25, "hour": 24, "weekday": 7, "gap": 32},
@@ -78,7 +79,8 @@ class TrainingStep:
 
     def __call__(self) -> None:
         out = self.model(self.batch)
-        total, _ = ctr_loss(out.logits, self.batch["label"], out.embedding_l2, self.model, self.config.l2)
+        total, _ = ctr_loss(out.logits, self.batch["label"], self.model, l2=self.config.l2,
+                            embedding_l2=self.config.embedding_l2)
         self.optimizer.zero_grad(set_to_none=True)
         total.backward()
         self.optimizer.step()
@@ -115,19 +117,8 @@ def parameter_counts(model: nn.Module) -> dict[str, int]:
 
 
 def machine_info() -> dict:
-    return {"cpu_count": os.cpu_count(), "torch_threads": torch.get_num_threads(), "torch": torch.__version__,
-            "python": platform.python_version(), "processor": _cpu_model() or platform.processor(),
+    return {**common_machine_info("torch"), "torch_threads": torch.get_num_threads(),
             "load_average_1m_at_start": os.getloadavg()[0]}
-
-
-def _cpu_model() -> str:
-    cpuinfo = Path("/proc/cpuinfo")
-    if not cpuinfo.exists():
-        return ""
-    for line in cpuinfo.read_text().splitlines():
-        if line.startswith("model name"):
-            return line.split(":", 1)[1].strip()
-    return ""
 
 
 def to_markdown(report: dict) -> str:
@@ -191,10 +182,7 @@ def main() -> None:
     if args.quick:
         print(to_markdown(report))
         return
-    args.out.mkdir(parents=True, exist_ok=True)
-    (args.out / "models.json").write_text(json.dumps(report, indent=2) + "\n")
-    (args.out / "models.md").write_text(to_markdown(report))
-    print(f"wrote {args.out / 'models.json'} and {args.out / 'models.md'}")
+    write_results("models", report, to_markdown(report), args.out)
 
 
 if __name__ == "__main__":

@@ -3,13 +3,16 @@
 Same input (2023-format reviews + metadata, JSON lines .gz), same rules (DESIGN.md "prepared
 dataset", eain_dist/data/pipeline.py) and same output layout and schema:
 
-  read reviews (user_id, parent_asin, timestamp ms -> s; missing ids / bad times dropped)
-  -> dedupe (user, item) keeping the earliest review; item counts (distinct users), min count
+  read reviews (user_id, parent_asin, timestamp ms -> s, input position = row number over the
+  files in order; missing ids / bad times dropped)
+  -> dedupe (user, item) keeping the earliest review by (timestamp, input position); item
+     counts (distinct users), min count
   -> item vocabulary by frequency; category = the item's most specific metadata category,
      else its main category; category vocabulary by the interactions of its items
   -> users with >= min_user_count interactions, user vocabulary by frequency
-  -> rows sorted by (user, time, item index); history = the user's items strictly earlier in
-     time (the last max_history, left-padded); leave-last-out split; hour / weekday / log2 gap
+  -> rows sorted by (user, time, input position); history = the user's items earlier in that
+     order (the last max_history, left-padded), or strictly earlier in time with
+     history_ties="strict_time"; leave-last-out split; hour / weekday / log2 gap
   -> requests (session gap; valid / test positives alone); negatives uniform over the item
      vocabulary, never an item of the user; random positions in each request; Skive-Above
   -> train/ valid/ test/ Parquet (snappy, as Ray Data writes), vocab/*.parquet, meta.json
@@ -67,6 +70,7 @@ META_SCHEMA = {"parent_asin": pl.String, "categories": pl.List(pl.String), "main
 @dataclass(frozen=True, kw_only=True)
 class Settings:
     max_history: int = 50
+    history_ties: str = "input_order"  # or strict_time, as data.history_ties
     negatives: int = 1
     min_user_count: int = 3
     min_item_count: int = 1
@@ -142,9 +146,11 @@ def _clear(out: Path) -> None:
 
 
 def read_interactions(files: list[str], counts: dict) -> pl.DataFrame:
-    """(user, item, timestamp seconds); rows with a missing id or a time outside 1990..2100 dropped."""
-    raw = pl.scan_ndjson(files, schema=REVIEW_SCHEMA).select(
+    """(user, item, timestamp seconds, input position); rows with a missing id or a time outside
+    1990..2100 dropped."""
+    raw = pl.scan_ndjson(files, schema=REVIEW_SCHEMA, row_index_name="position").select(
         user=pl.col("user_id"), item=pl.col("parent_asin"), timestamp=pl.col("timestamp") // 1000,
+        position=pl.col("position").cast(pl.Int64),
         bad=(pl.col("user_id").str.len_bytes().fill_null(0) == 0)
         | (pl.col("parent_asin").str.len_bytes().fill_null(0) == 0)
         | ~pl.col("timestamp").is_between(MIN_SECONDS * 1000, MAX_SECONDS * 1000, closed="left").fill_null(False),
@@ -173,8 +179,10 @@ def _null_if_blank(expr: pl.Expr) -> pl.Expr:
 
 
 def dedupe(interactions: pl.DataFrame, settings: Settings, counts: dict) -> pl.DataFrame:
-    """Earliest review of each (user, item), with the item's count of distinct users."""
-    deduped = interactions.lazy().group_by("user", "item").agg(pl.col("timestamp").min()).with_columns(
+    """Earliest review of each (user, item) by (timestamp, input position), with the item's count
+    of distinct users."""
+    deduped = interactions.lazy().group_by("user", "item").agg(
+        pl.col("timestamp", "position").sort_by("timestamp", "position").first()).with_columns(
         item_count=pl.len().over("item")).collect()
     counts["dedupe"] = {"rows_in": interactions.height, "duplicates": interactions.height - deduped.height}
     rare = deduped.filter(pl.col("item_count") < settings.min_item_count)
@@ -217,12 +225,14 @@ def user_vocabulary(deduped: pl.DataFrame, settings: Settings, counts: dict) -> 
 
 
 def sequences(deduped: pl.DataFrame, items: pl.DataFrame, users: pl.DataFrame) -> pl.DataFrame:
-    """Kept users' interactions as indices, sorted by (user, timestamp, item), with a row number."""
+    """Kept users' interactions as indices, sorted by (user, timestamp, input position), with a row
+    number."""
     return (deduped.lazy()
             .join(users.lazy().select(user="raw", user_index="index"), on="user", how="inner")
             .join(items.lazy().select(item="raw", item_index="index", category="category_index"), on="item")
-            .select(user="user_index", item="item_index", category="category", timestamp="timestamp")
-            .sort("user", "timestamp", "item")
+            .select(user="user_index", item="item_index", category="category", timestamp="timestamp",
+                    position="position")
+            .sort("user", "timestamp", "position")
             .with_row_index("row").with_columns(pl.col("row").cast(pl.Int64))
             .collect())
 
@@ -237,9 +247,10 @@ def row_features(seq: pl.DataFrame, settings: Settings) -> pl.DataFrame:
     new_user = pl.col("user") != pl.col("user").shift(1).fill_null(-1)
     new_time = new_user | (pl.col("timestamp") != pl.col("timestamp").shift(1))
     last_of_user = pl.col("user") != pl.col("user").shift(-1).fill_null(-1)
+    hist_end = _first_row_where(new_time) if settings.history_ties == "strict_time" else pl.col("row")
     user_end = pl.when(last_of_user).then(pl.col("row") + 1).backward_fill()
     rows = seq.lazy().with_columns(
-        user_start=_first_row_where(new_user), hist_end=_first_row_where(new_time), user_end=user_end,
+        user_start=_first_row_where(new_user), hist_end=hist_end, user_end=user_end,
         session=_first_row_where(new_user | (pl.col("timestamp").diff() > settings.session_gap_s)),
     ).with_columns(
         hist_start=pl.max_horizontal("user_start", pl.col("hist_end") - settings.max_history),

@@ -42,6 +42,9 @@ from pathlib import Path
 import ray  # noqa: F401  (puts Ray's bundled psutil on sys.path)
 import psutil  # noqa: E402
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from common import machine_info as common_machine_info, write_results  # noqa: E402
+
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = Path(__file__).parent / "results"
 EAIN = Path(sys.executable).parent / "eain"
@@ -245,20 +248,9 @@ def with_rates(run: dict) -> dict:
 
 
 def machine_info() -> dict:
-    versions = {}
-    for module in ("ray", "polars", "pyarrow", "numpy"):
-        versions[module] = __import__(module).__version__
-    return {"cpu_count": os.cpu_count(), "memory_gib": round(psutil.virtual_memory().total / (1 << 30), 1),
-            "dev_shm_gib": round(shutil.disk_usage("/dev/shm").total / (1 << 30), 1),
-            "processor": _cpu_model() or platform.processor(), "python": platform.python_version(),
-            "platform": platform.platform(), **versions, "load_avg_1m_at_start": round(os.getloadavg()[0], 2)}
-
-
-def _cpu_model() -> str:
-    for line in Path("/proc/cpuinfo").read_text().splitlines():
-        if line.startswith("model name"):
-            return line.split(":", 1)[1].strip()
-    return ""
+    facts = common_machine_info("ray", "polars", "pyarrow", "numpy")
+    return {**facts, "dev_shm_gib": round(shutil.disk_usage("/dev/shm").total / (1 << 30), 1),
+            "platform": platform.platform(), "load_avg_1m_at_start": round(os.getloadavg()[0], 2)}
 
 
 def comparisons(runs: list[dict]) -> list[dict]:
@@ -548,10 +540,7 @@ def target_verdict(report: dict) -> str:
 
 
 def _write_report(report: dict, results: Path) -> None:
-    results.mkdir(parents=True, exist_ok=True)
-    (results / "prepare.json").write_text(json.dumps(report, indent=2) + "\n")
-    (results / "prepare.md").write_text(to_markdown(report))
-    print(f"wrote {results / 'prepare.json'} and {results / 'prepare.md'}")
+    write_results("prepare", report, to_markdown(report), results)
 
 
 def _print_run(run: dict) -> None:

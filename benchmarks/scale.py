@@ -25,14 +25,9 @@ Writes benchmarks/results/scale.json and benchmarks/results/scale.md (not with -
 from __future__ import annotations
 
 import argparse
-import datetime as dt
 import json
-import math
 import os
-import platform
 import shlex
-import socket
-import subprocess
 import sys
 import tempfile
 import time
@@ -46,28 +41,18 @@ import torch.nn.functional as F
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
-from eain_dist.distributed.sharded_embedding import RowShard, RowWiseAdagrad, ShardedEmbeddingCollection
+from eain_dist.distributed.row_optimizers import RowWiseAdagrad
+from eain_dist.distributed.sharded_embedding import RowShard, ShardedEmbeddingCollection
 from eain_dist.model.embedding import TableConfig
 
-RESULTS = Path(__file__).parent / "results"
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from common import RESULTS, free_port, machine_info, meminfo, write_results, zipf_ids  # noqa: E402
+
 GIB = 1 << 30
 MIB = 1 << 20
-HASH_MULTIPLIER = 2_654_435_761  # Knuth's multiplicative hash: scatters Zipf ranks over the rows
 
 
 # ----------------------------------------------------------------------------- ids
-
-
-def zipf_ids(rng: np.random.Generator, size, rows: int, exponent: float) -> np.ndarray:
-    """Bounded Zipf ranks in [1, rows] (continuous inverse CDF), hashed to rows in [0, rows)."""
-    u = rng.random(size)
-    if abs(exponent - 1.0) < 1e-9:
-        ranks = np.floor(np.exp(u * math.log(rows)))
-    else:
-        a = 1.0 - exponent
-        ranks = np.floor((1.0 + u * (rows ** a - 1.0)) ** (1.0 / a))
-    ranks = np.clip(ranks.astype(np.int64), 1, rows) - 1
-    return (ranks * (HASH_MULTIPLIER % rows)) % rows  # a permutation: gcd(multiplier, rows) == 1 is checked
 
 
 def make_batches(rank: int, count: int, batch: int, history: int, rows: int, exponent: float) -> list[dict]:
@@ -202,39 +187,6 @@ def timed(fn, warmup: int, repeats: int) -> float:
 # ----------------------------------------------------------------------------- parent
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def available_memory() -> int:
-    for line in Path("/proc/meminfo").read_text().splitlines():
-        if line.startswith("MemAvailable"):
-            return int(line.split()[1]) * 1024
-    return 0
-
-
-def machine_info() -> dict:
-    cpu = next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
-                if line.startswith("model name")), platform.processor())
-    total = next(int(line.split()[1]) * 1024 for line in Path("/proc/meminfo").read_text().splitlines()
-                 if line.startswith("MemTotal"))
-    return {"processor": cpu, "cpu_count": os.cpu_count(), "memory_gib": round(total / GIB, 1),
-            "memory_available_gib_at_start": round(available_memory() / GIB, 1), "torch": torch.__version__,
-            "python": platform.python_version(), "date": dt.datetime.now().isoformat(timespec="seconds"),
-            "load_average_at_start": os.getloadavg(), "code": code_version()}
-
-
-def code_version() -> str:
-    """The commit the package code came from, '+dirty' when eain_dist/ has uncommitted changes."""
-    def git(*args: str) -> str:
-        return subprocess.run(["git", *args], cwd=Path(__file__).resolve().parents[1], capture_output=True, text=True,
-                              check=False).stdout.strip()
-    commit = git("rev-parse", "--short", "HEAD") or "unknown"
-    return commit + ("+dirty" if git("status", "--porcelain", "--", "eain_dist") else "")
-
-
 def to_markdown(report: dict) -> str:
     m, s, ranks = report["machine"], report["settings"], report["ranks"]
     g = lambda n: f"{n / GIB:.2f} GiB"  # noqa: E731
@@ -314,16 +266,15 @@ def main() -> None:
     args = parser.parse_args()
     if args.quick:
         args.rows, args.lookups, args.steps = 1_000_000, 10, 10
-    assert math.gcd(HASH_MULTIPLIER % args.rows, args.rows) == 1, "the id hash must be a permutation of the rows"
     command = " ".join(["python benchmarks/scale.py", *map(shlex.quote, sys.argv[1:])])
 
     shard_bytes = RowShard.rows_on(0, args.world, args.rows) * (args.dim + 1) * 4
     init_peak = 2 * shard_bytes + 512 * MIB  # randn + its scaled copy, + the process itself
     if args.stagger == "auto":
-        args.stagger = available_memory() < args.world * init_peak + 6 * GIB
+        args.stagger = meminfo("MemAvailable") < args.world * init_peak + 6 * GIB
     else:
         args.stagger = args.stagger == "yes"
-    machine = machine_info()
+    machine = machine_info("torch")
     print(f"{args.rows:,} rows x {args.dim} over {args.world} ranks: {shard_bytes / GIB:.2f} GiB per rank, "
           f"staggered init: {args.stagger}", flush=True)
     started = time.perf_counter()
@@ -364,10 +315,7 @@ def main() -> None:
     print(markdown)
     if args.quick:
         return
-    args.out.mkdir(parents=True, exist_ok=True)
-    (args.out / "scale.json").write_text(json.dumps(report, indent=2) + "\n")
-    (args.out / "scale.md").write_text(markdown)
-    print(f"wrote {args.out / 'scale.json'} and {args.out / 'scale.md'}")
+    write_results("scale", report, markdown, args.out)
 
 
 if __name__ == "__main__":

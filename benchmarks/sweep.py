@@ -1,7 +1,7 @@
 """Hyper-parameter sweep on a prepared dataset, selected on validation AUC only.
 
 How EAIN's Grocery settings were chosen (benchmarks/results/compare-tuning.md). Each variant is
-one process that trains with the worker's own pieces (`eain_dist.train.steps`: sharded tables
+one process that trains with the worker's own pieces (`eain_dist.train.worker`: sharded tables
 with row-wise Adagrad, DDP, `train_step`, exact `evaluate`) in a 1-rank gloo group, without Ray:
 the same model and optimizer code as `eain train`, at a fraction of the start-up cost, so that
 dozens of variants fit on 2 cores. The training rows are re-shuffled every epoch (as
@@ -25,8 +25,8 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
-RESULTS = Path(__file__).parent / "results"
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from common import write_results  # noqa: E402
 
 
 def train_one(config_path: str, overrides: list[str]) -> dict:
@@ -36,11 +36,11 @@ def train_one(config_path: str, overrides: list[str]) -> dict:
     import torch
     import torch.distributed as dist
 
-    sys.path.insert(0, str(ROOT))
-    from train import single_process_group  # benchmarks/train.py, beside this file
+    from train_arms import single_process_group  # beside this file
 
     from eain_dist.config import load_config
-    from eain_dist.train.steps import build_worker, evaluate, synchronized_batches, train_step
+    from eain_dist.train.evaluation import evaluate
+    from eain_dist.train.worker import build_worker, synchronized_batches, train_step
 
     single_process_group(threads=1)
     config = load_config(config_path, overrides)
@@ -114,10 +114,7 @@ def main() -> None:
                 (v.partition(":") for v in args.variant)]
     with ThreadPoolExecutor(args.parallel) as pool:
         runs = list(pool.map(lambda variant: run_variant(args, *variant), variants))
-    RESULTS.mkdir(exist_ok=True)
-    (RESULTS / f"{args.name}.json").write_text(json.dumps({"config": args.config, "runs": runs}, indent=2))
-    (RESULTS / f"{args.name}.md").write_text(render(args.name, args.config, runs))
-    print(f"wrote {RESULTS / args.name}.json and .md")
+    write_results(args.name, {"config": args.config, "runs": runs}, render(args.name, args.config, runs))
 
 
 if __name__ == "__main__":

@@ -166,9 +166,10 @@ def _prepare_and_report(config: Config):
 
 def _train(args) -> int:
     from eain_dist.runtime import init_ray
-    from eain_dist.train.trainer import results_table, train
+    from eain_dist.train.trainer import read_meta, results_table, train
 
     config = load_config(args.config, args.set)
+    read_meta(config)  # a missing or outdated prepared dataset is a one-line error before Ray starts
     init_ray(config.ray)
     result = train(config)
     print(f"\nrun directory: {result.run_dir}\n{results_table(result.metrics)}")
@@ -262,7 +263,9 @@ def _compare(args) -> int:
 
 
 def _prepare_unless_current(config: Config) -> None:
-    """Prepare data.output unless it was prepared from the same data and sampling settings."""
+    """Prepare data.output unless it was prepared from the same data and sampling settings, or
+    was not written by `eain prepare` at all (a dataset converted into the contract is never
+    overwritten)."""
     from eain_dist.config import to_dict
     from eain_dist.data.fs import filesystem_for
 
@@ -272,6 +275,9 @@ def _prepare_unless_current(config: Config) -> None:
     if fs.exists(f"{path}/meta.json"):
         with fs.open(f"{path}/meta.json") as handle:
             meta = json.load(handle)
+        if "fingerprint" not in meta.get("sources", {}):  # e.g. the peer's rows, converted
+            print(f"using the prepared dataset {config.data.output} as it is (not written by eain prepare)")
+            return
         made_by, wanted = meta.get("config", {}), to_dict(config)
         if meta.get("schema_version") == SCHEMA_VERSION and all(
                 made_by.get(section) == wanted[section] for section in ("data", "sampling")):

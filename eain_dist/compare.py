@@ -23,7 +23,7 @@ import statistics
 from dataclasses import dataclass
 from pathlib import Path
 
-from eain_dist.config import Config, ConfigError, dump_yaml, load_config, to_dict
+from eain_dist.config import Config, ConfigError, dump_run_yaml, load_config, to_dict
 from eain_dist.model.config import MODEL_NAMES
 
 BASELINES = ("lr", "mf", "dnn", "din")
@@ -118,7 +118,7 @@ def _finished_run(config: Config) -> dict | None:
     """metrics.json of an earlier run of exactly this config, else None."""
     run_dir = Path(config.train.run_dir)
     metrics, saved = run_dir / "metrics.json", run_dir / "config.yaml"
-    if metrics.exists() and saved.exists() and saved.read_text() == dump_yaml(config):
+    if metrics.exists() and saved.exists() and saved.read_text() == dump_run_yaml(config):
         return json.loads(metrics.read_text())
     return None
 

@@ -39,6 +39,10 @@ class DataConfig:
     meta: str | list[str] | None = None  # item metadata, optional
     output: str = ".cache/eain/prepared/default"
     max_history: int = 50
+    # Histories of equal-timestamp reviews: input_order = every review earlier in the user's
+    # (timestamp, input position) order (the reference protocol); strict_time = only reviews of
+    # an earlier timestamp (same-time reviews share one history).
+    history_ties: str = "input_order"
     min_user_count: int = 3  # leave-last-out needs at least 3 interactions (DESIGN.md)
     min_item_count: int = 1
     k_core: bool = False  # repeat the min-count filters until both hold at once
@@ -79,18 +83,28 @@ class TrainConfig:
     num_workers: int = 1
     use_gpu: bool = False
     cpus_per_worker: float = 1.0
-    epochs: int = 3
+    # An upper bound: early stopping on validation AUC ends a run (the recipe peaks near epoch
+    # 10-20 on Grocery and on the generated data; row-wise Adagrad's steps shrink by themselves).
+    epochs: int = 40
     batch_size: int = 1024  # per worker
     eval_batch_size: int = 4096
     lr: float = 1e-3  # Adam on the dense part (and replicated tables)
     embedding_optimizer: str = "adagrad"  # row-wise optimizer of sharded tables: adagrad or adam
     embedding_lr: float = 0.05
     sharded_tables: list[str] = field(default_factory=lambda: ["user", "item"])  # the rest replicated
-    early_stopping_patience: int = 2  # epochs without a better validation AUC
+    # Evaluations without a better validation AUC before training stops; 0 = never stop early.
+    early_stopping_patience: int = 3
+    # 0 = evaluate the valid split once per epoch; N > 0 = also every N optimizer steps (early
+    # stopping, the best checkpoint and metrics.json's history then work per evaluation).
+    eval_every_steps: int = 0
     seed: int = 0
     prefetch_batches: int = 2
-    # Rows in Ray Data's local shuffle buffer: every epoch reads the training rows in a new order
-    # (prepare already shuffles them once within each file); 0 = file order, every epoch the same.
+    # The training rows' order, every epoch anew: files (the split's files in a new order, then
+    # the local buffer below), global (Ray Data's random_shuffle of all rows: a full shuffle per
+    # epoch), none (file order, the same every epoch; the local buffer still applies).
+    shuffle: str = "files"
+    # Rows in Ray Data's local shuffle buffer (prepare already shuffles rows once within each
+    # file); 0 = no buffer.
     shuffle_buffer: int = 100_000
     log_every_steps: int = 50
     run_dir: str = "runs/default"
@@ -207,10 +221,26 @@ def dump_yaml(config: Config) -> str:
     return yaml.safe_dump(to_dict(config), sort_keys=False)
 
 
+# The sections a training run reads (generate, tune and compare belong to the commands around it).
+RUN_SECTIONS = ("data", "sampling", "model", "train", "wandb", "ray")
+
+
+def run_config_dict(config: Config) -> dict[str, Any]:
+    """The sections of `config` that a training run uses: its config.yaml and W&B config."""
+    tree = to_dict(config)
+    return {section: tree[section] for section in RUN_SECTIONS}
+
+
+def dump_run_yaml(config: Config) -> str:
+    return yaml.safe_dump(run_config_dict(config), sort_keys=False)
+
+
 def validate(config: Config) -> None:
     data, sampling = config.data, config.sampling
     _require(data.format in FORMATS, f"data.format must be one of {', '.join(FORMATS)}, got {data.format!r}")
     _require(data.vocab in ("exact", "hashed"), f"data.vocab must be exact or hashed, got {data.vocab!r}")
+    _require(data.history_ties in ("input_order", "strict_time"),
+             f"data.history_ties must be input_order or strict_time, got {data.history_ties!r}")
     _require(data.max_history >= 1, "data.max_history must be >= 1")
     _require(data.min_user_count >= 3, "data.min_user_count must be >= 3 (leave-last-out split)")
     _require(0.0 <= data.max_reject_fraction <= 1.0, "data.max_reject_fraction must be in [0, 1]")
@@ -220,7 +250,13 @@ def validate(config: Config) -> None:
     train = config.train
     _require(train.num_workers >= 1, "train.num_workers must be >= 1")
     _require(train.epochs >= 1 and train.batch_size >= 1, "train.epochs and train.batch_size must be >= 1")
-    _require(train.shuffle_buffer >= 0, f"train.shuffle_buffer must be >= 0 (0 = file order), got {train.shuffle_buffer}")
+    _require(train.shuffle_buffer >= 0, f"train.shuffle_buffer must be >= 0 (0 = no buffer), got {train.shuffle_buffer}")
+    _require(train.shuffle in ("files", "global", "none"),
+             f"train.shuffle must be files, global or none, got {train.shuffle!r}")
+    _require(train.early_stopping_patience >= 0,
+             f"train.early_stopping_patience must be >= 0 (0 = no early stopping), got {train.early_stopping_patience}")
+    _require(train.eval_every_steps >= 0,
+             f"train.eval_every_steps must be >= 0 (0 = once per epoch), got {train.eval_every_steps}")
     _require(train.embedding_optimizer in ("adagrad", "adam"),
              f"train.embedding_optimizer must be adagrad or adam, got {train.embedding_optimizer!r}")
     _require(config.wandb.mode in ("auto", "online", "offline", "disabled"),

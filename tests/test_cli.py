@@ -50,6 +50,16 @@ def test_unknown_config_key_is_one_line(capsys):
     assert err.strip().count("\n") == 0 and "data.max_histroy" in err
 
 
+def test_train_on_a_dataset_of_an_older_schema_is_one_line(tmp_path, capsys):
+    from eain_dist.data.pipeline import SCHEMA_VERSION
+
+    (tmp_path / "old").mkdir()
+    (tmp_path / "old" / "meta.json").write_text(json.dumps({"schema_version": SCHEMA_VERSION - 1, "splits": {}}))
+    code, _, err = run_cli(capsys, "train", "--set", f"data.output={tmp_path / 'old'}")
+    assert code == 2 and err.strip().count("\n") == 0
+    assert f"schema_version {SCHEMA_VERSION - 1}" in err and "eain prepare" in err
+
+
 def test_exponent_floats_are_floats_not_strings():
     """PyYAML (YAML 1.1) reads `1e-3` as a string; a user typing it on --set means a float."""
     from eain_dist.config import ConfigError, load_config

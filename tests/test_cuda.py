@@ -37,11 +37,12 @@ def _run_in_group(backend: str, body):
 def _train(device: torch.device) -> tuple[list[float], torch.Tensor]:
     from test_training import META, MAX_HISTORY, _same_start, config, global_batches
 
-    from eain_dist.train import steps
+    from eain_dist.data.loader import to_device, to_tensors
+    from eain_dist.train.worker import build_worker, train_step
 
-    worker = steps.build_worker(config("eain"), META, device)
+    worker = build_worker(config("eain"), META, device)
     _same_start(worker)
-    losses = [steps.train_step(worker, steps.to_device(steps.to_tensors(b, MAX_HISTORY), device))
+    losses = [train_step(worker, to_device(to_tensors(b, MAX_HISTORY), device))
               for b in global_batches()]
     for shard in worker.collection.shards.values():
         assert shard.weight.device.type == device.type and all(s.device.type == device.type for s in shard.state.values())
@@ -56,7 +57,8 @@ def test_nccl_training_steps_match_gloo_on_cpu():
 
 
 def test_nccl_sharded_lookup_and_adam_update_match_a_dense_reference():
-    from eain_dist.distributed.sharded_embedding import RowWiseAdam, ShardedEmbeddingCollection
+    from eain_dist.distributed.row_optimizers import RowWiseAdam
+    from eain_dist.distributed.sharded_embedding import ShardedEmbeddingCollection
     from eain_dist.model.embedding import TableConfig
 
     rows, dim = 1000, 8

@@ -56,18 +56,6 @@ def test_lookup_gives_each_feature_its_rows_in_its_own_shape():
     assert torch.equal(out.embeddings["hour"], collection.tables["hour"].weight[batch["hour"]])
 
 
-def test_lookup_l2_sums_each_unique_non_padding_row_once():
-    tables = [TableConfig(name="item", num_embeddings=10, embedding_dim=3, feature_names=("item", "hist_item")),
-              TableConfig(name="user", num_embeddings=7, embedding_dim=3, feature_names=("user",))]
-    collection = EmbeddingCollection(tables)
-    features = {"item": torch.tensor([4, 4, 0]), "hist_item": torch.tensor([[0, 4, 9], [0, 0, 2], [0, 0, 0]]),
-                "user": torch.tensor([1, 6, 1])}
-    out = collection(features)
-    items, users = collection.tables["item"].weight, collection.tables["user"].weight
-    expected = sum(items[i].square().sum() for i in (2, 4, 9)) + sum(users[u].square().sum() for u in (1, 6))
-    torch.testing.assert_close(out.l2, expected)
-
-
 def test_lookup_names_a_missing_feature():
     collection = EmbeddingCollection(table_configs(fake_meta(), 4, ["item", "hist_item"]))
     with pytest.raises(KeyError, match="hist_item"):
@@ -121,7 +109,9 @@ def test_din_attention_fused_first_layer_equals_the_concatenated_input():
     target, history = torch.randn(2, 3), torch.randn(2, 4, 3)
     expanded = target.unsqueeze(1).expand_as(history)
     din_input = torch.cat([history, expanded, history - expanded, history * expanded], dim=-1)  # B x L x 4d
-    torch.testing.assert_close(attention.first_layer(target, history), attention.first(din_input))
+    rows = torch.arange(2).repeat_interleave(4)  # history flattened to (B L) x d entries
+    torch.testing.assert_close(attention.first_layer(target, history.reshape(8, 3), rows),
+                               attention.first(din_input).reshape(8, 6))
 
 
 # -- SE-Net -------------------------------------------------------------------------------------
@@ -253,26 +243,36 @@ class _TinyModel(nn.Module):
         self.norm = nn.LayerNorm(2)
 
 
-def test_ctr_loss_is_bce_plus_l2_of_dense_weights_and_looked_up_rows():
+def test_ctr_loss_is_bce_plus_half_l2_of_dense_weights_and_whole_tables():
     torch.manual_seed(9)
     model = _TinyModel()
     ids = torch.tensor([0, 3, 3, 5])
     out = model.embeddings({"item": ids})
     logits = model.dense(model.norm(out.embeddings["item"])).squeeze(-1)
     labels = torch.tensor([1.0, 0.0, 1.0, 0.0])
-    total, bce = ctr_loss(logits, labels, out.l2, model, l2_weight=0.1)
+    total, bce = ctr_loss(logits, labels, model, l2=0.1, embedding_l2=0.2)
 
     expected_bce = F.binary_cross_entropy(torch.sigmoid(logits), labels)
-    table = model.embeddings.tables["item"].weight
-    rows_l2 = table[3].square().sum() + table[5].square().sum()  # unique rows, padding row 0 excluded
+    table_l2 = model.embeddings.tables["item"].weight.square().sum()  # every row, looked up or not
     dense_l2 = model.dense.weight.square().sum()  # no biases, no LayerNorm, no tables
     torch.testing.assert_close(bce, expected_bce)
-    torch.testing.assert_close(total, expected_bce + 0.1 * (dense_l2 + rows_l2))
+    torch.testing.assert_close(total, expected_bce + 0.1 / 2 * dense_l2 + 0.2 / 2 * table_l2)
 
 
 def test_ctr_loss_without_l2_is_the_bce():
     model = _TinyModel()
     logits, labels = torch.tensor([0.3, -1.0]), torch.tensor([1.0, 0.0])
-    total, bce = ctr_loss(logits, labels, torch.tensor(5.0), model, l2_weight=0.0)
+    total, bce = ctr_loss(logits, labels, model, l2=0.0, embedding_l2=0.0)
     torch.testing.assert_close(total, F.binary_cross_entropy(torch.sigmoid(logits), labels))
     assert total is bce
+
+
+def test_ctr_loss_of_an_empty_batch_is_the_l2_alone_and_stays_connected():
+    """A rank whose data ran out: zero BCE (not NaN), the same L2, a graph back to the lookup."""
+    model = _TinyModel()
+    out = model.embeddings({"item": torch.zeros(0, dtype=torch.long)})
+    logits = model.dense(out.embeddings["item"]).squeeze(-1)
+    total, bce = ctr_loss(logits, torch.zeros(0), model, l2=0.1, embedding_l2=0.2)
+    assert bce.item() == 0.0 and bce.grad_fn is not None
+    expected = 0.1 / 2 * model.dense.weight.square().sum() + 0.2 / 2 * model.embeddings.tables["item"].weight.square().sum()
+    torch.testing.assert_close(total, expected)

@@ -41,7 +41,9 @@ VARIANTS = {
 
 
 def build(name: str) -> nn.Module:
-    torch.manual_seed(0)
+    # Seed 0 happens to start SE-Net's 4 hidden units all dead on this tiny fake schema (its two
+    # numeric fields dominate the squeeze while the id rows start at std 1e-4).
+    torch.manual_seed(1)
     return build_model(VARIANTS[name], META)
 
 
@@ -50,11 +52,10 @@ def dense_parameter_count(model: nn.Module) -> int:
 
 
 @pytest.mark.parametrize("name", VARIANTS)
-def test_every_model_returns_one_logit_per_row_and_a_scalar_l2(name):
+def test_every_model_returns_one_logit_per_row(name):
     model = build(name)
     out = model(random_batch(META, 6, seed=1))
     assert out.logits.shape == (6,) and out.logits.dtype == torch.float32
-    assert out.embedding_l2.shape == () and out.embedding_l2 > 0
 
 
 @pytest.mark.parametrize("name", MODEL_NAMES)
@@ -62,8 +63,8 @@ def test_every_model_takes_an_empty_batch(name):
     """A rank whose data ran out keeps stepping with empty batches (DESIGN.md)."""
     model = build(name)
     out = model(random_batch(META, 0, seed=1))
-    assert out.logits.shape == (0,) and out.embedding_l2 == 0
-    (out.logits.sum() + out.embedding_l2).backward()
+    assert out.logits.shape == (0,)
+    out.logits.sum().backward()
 
 
 @pytest.mark.parametrize("name", VARIANTS)
@@ -80,7 +81,6 @@ def test_ids_at_padded_history_positions_change_nothing(name):
     with torch.no_grad():
         clean, dirty = model(batch), model(garbage)
     torch.testing.assert_close(dirty.logits, clean.logits, rtol=0, atol=1e-6)
-    torch.testing.assert_close(dirty.embedding_l2, clean.embedding_l2, rtol=0, atol=0)
 
 
 @pytest.mark.parametrize("name", VARIANTS)
@@ -95,7 +95,6 @@ def test_the_amount_of_left_padding_changes_nothing(name):
     with torch.no_grad():
         short, long = model(batch), model(longer)
     torch.testing.assert_close(long.logits, short.logits, rtol=1e-5, atol=1e-6)
-    torch.testing.assert_close(long.embedding_l2, short.embedding_l2)
 
 
 @pytest.mark.parametrize("name", VARIANTS)
@@ -103,7 +102,7 @@ def test_gradients_reach_every_parameter(name):
     model = build(name)
     out = model(random_batch(META, 64, seed=4, min_history=1))
     labels = torch.randint(0, 2, (64,), generator=torch.Generator().manual_seed(5)).float()
-    total, _ = ctr_loss(out.logits, labels, out.embedding_l2, model, l2_weight=1e-4)
+    total, _ = ctr_loss(out.logits, labels, model, l2=0.0, embedding_l2=0.0)  # data gradients only
     total.backward()
     for parameter_name, parameter in model.named_parameters():
         assert parameter.grad is not None and parameter.grad.abs().sum() > 0, parameter_name
@@ -172,12 +171,12 @@ def test_every_model_fits_a_learnable_signal(name):
     """512 fixed samples: the loss at least halves; the deep models separate them (AUC > 0.99)."""
     batch = learnable_batch(META, 512, seed=7)
     torch.manual_seed(0)
-    model = build_model(ModelConfig(name=name, dropout=0.0, l2=1e-6), META)
+    model = build_model(ModelConfig(name=name, dropout=0.0, l2=1e-6, embedding_l2=1e-6), META)
     optimizer = torch.optim.Adam(model.parameters(), lr=0.01)
     first_bce = None
     for _ in range(100):
         out = model(batch)
-        total, bce = ctr_loss(out.logits, batch["label"], out.embedding_l2, model, l2_weight=1e-6)
+        total, bce = ctr_loss(out.logits, batch["label"], model, l2=1e-6, embedding_l2=1e-6)
         first_bce = bce.item() if first_bce is None else first_bce
         optimizer.zero_grad()
         total.backward()
@@ -185,7 +184,7 @@ def test_every_model_fits_a_learnable_signal(name):
     model.eval()
     with torch.no_grad():
         out = model(batch)
-        _, final_bce = ctr_loss(out.logits, batch["label"], out.embedding_l2, model, l2_weight=0.0)
+        _, final_bce = ctr_loss(out.logits, batch["label"], model, l2=0.0, embedding_l2=0.0)
     assert final_bce.item() <= first_bce / 2
     if name in ("dnn", "din", "eain"):
         assert auc(batch["label"].numpy(), out.logits.numpy()) > 0.99

@@ -21,8 +21,16 @@ NEGATIVES = 2
 SESSION_GAP = 2 * 86400
 
 
+TIED_USERS = 60
+
+
 def write_interactions(path: Path, seed: int = 3) -> list[tuple[str, str, int]]:
-    """~3,000 reviews with same-second ties, repeated (user, item) pairs and short users."""
+    """~3,400 reviews with same-second ties, repeated (user, item) pairs and short users, in
+    random order (the rows' order in the file is their input position).
+
+    `tied*` users review 6 items all at one second (as day-granular releases do), items drawn by
+    popularity: which of them is the test positive must not depend on it.
+    """
     rng = random.Random(seed)
     rows = []
     for u in range(300):
@@ -34,6 +42,13 @@ def write_interactions(path: Path, seed: int = 3) -> list[tuple[str, str, int]]:
         if n >= 4:  # a repeated review of an item, later than the first: must be dropped
             user, item, ts = rows[-1]
             rows.append((user, item, ts + 86400 * 90))
+    popular_first = [f"item{i}" for i in range(80)]
+    for u in range(TIED_USERS):
+        ts = rng.randrange(16_000, 19_000) * 86400
+        items = set()
+        while len(items) < 6:  # Zipf-like: item{i} with weight 1 / (i + 1)
+            items.add(rng.choices(popular_first, weights=[1 / (i + 1) for i in range(80)])[0])
+        rows += [(f"tied{u}", item, ts) for item in items]
     rng.shuffle(rows)
     with open(path, "w") as handle:
         handle.write("user_id\titem_id\ttime\n")
@@ -42,24 +57,30 @@ def write_interactions(path: Path, seed: int = 3) -> list[tuple[str, str, int]]:
     return rows
 
 
-def expected_sequences(rows, item_index=None):
-    """Per user: (timestamp, item) of the earliest review of each item, time-ordered.
-
-    Reviews of the same second are ordered by item index (the pipeline's documented tie-break).
-    """
+def expected_sequences(rows, kept=None):
+    """Per user with >= 3 items: (timestamp, item) of the earliest review of each item by
+    (timestamp, input position), in that order (DESIGN.md's user order). `kept`: (user, item)
+    pairs to keep (a k-core)."""
     first = {}
-    for user, item, ts in rows:
-        key = (user, item)
-        first[key] = min(first.get(key, ts), ts)
+    for position, (user, item, ts) in enumerate(rows):
+        if kept is None or (user, item) in kept:
+            first[(user, item)] = min(first.get((user, item), (ts, position)), (ts, position))
     by_user = defaultdict(list)
-    for (user, item), ts in first.items():
-        by_user[user].append((ts, item))
-    tie_break = (lambda pair: (pair[0], item_index[pair[1]])) if item_index else None
-    return {u: sorted(v, key=tie_break) for u, v in by_user.items() if len(v) >= 3}
+    for (user, item), (ts, position) in first.items():
+        by_user[user].append((ts, position, item))
+    return {u: [(ts, item) for ts, _, item in sorted(v)] for u, v in by_user.items() if len(v) >= 3}
 
 
-def item_indices(vocabs):
-    return {v["raw"]: i for i, v in vocabs["item"].items()}
+def history_before(sequence, r, item_of, max_history=MAX_HISTORY):
+    """The row's history as the user's order gives it: the items before the row's own review
+    (a positive's, or for a negative the review of its positive: same timestamp, same history)."""
+    hist = [item_of(i) for i in r["hist_item"] if i]
+    candidates = [k for k, (ts, item) in enumerate(sequence) if ts == r["timestamp"]
+                  and (r["label"] == 0 or item == item_of(r["item"]))]
+    for k in candidates:
+        if [item for _, item in sequence[max(0, k - max_history):k]] == hist:
+            return hist
+    return None
 
 
 @pytest.fixture(scope="module")
@@ -83,20 +104,22 @@ def decode(vocab, index):
     return vocab[index]["raw"] if index else None
 
 
-def test_histories_are_exactly_the_users_strictly_earlier_items(prepared):
+def test_histories_are_exactly_the_users_earlier_items_in_input_order(prepared):
     rows, _, splits, vocabs, _ = prepared
-    sequences = expected_sequences(rows, item_indices(vocabs))
-    checked = 0
+    sequences = expected_sequences(rows)
+    checked = same_time_in_history = 0
     for split in splits.values():
         for r in split:
-            user = decode(vocabs["user"], r["user"])
-            earlier = [item for ts, item in sequences[user] if ts < r["timestamp"]][-MAX_HISTORY:]
-            history = [decode(vocabs["item"], i) for i in r["hist_item"] if i]
-            assert history == earlier
-            assert r["hist_item"][: MAX_HISTORY - len(earlier)] == [0] * (MAX_HISTORY - len(earlier))
-            assert r["hist_len"] == len(earlier)
+            sequence = sequences[decode(vocabs["user"], r["user"])]
+            history = history_before(sequence, r, lambda i: decode(vocabs["item"], i))
+            assert history is not None, r
+            assert r["hist_item"][: MAX_HISTORY - len(history)] == [0] * (MAX_HISTORY - len(history))
+            assert r["hist_len"] == len(history)
+            same_time_in_history += r["label"] == 1 and any(
+                ts == r["timestamp"] for ts, item in sequence if item in history)
             checked += 1
     assert checked > 3000
+    assert same_time_in_history > 100  # same-second reviews earlier in the input are history
 
 
 def test_training_rows_are_shuffled_not_grouped_by_user(prepared):
@@ -111,9 +134,9 @@ def test_training_rows_are_shuffled_not_grouped_by_user(prepared):
         assert same_as_previous < 0.1, (part.name, same_as_previous)
 
 
-def test_leave_last_out_split(prepared):
+def test_leave_last_out_split_in_input_order(prepared):
     rows, _, splits, vocabs, _ = prepared
-    sequences = expected_sequences(rows, item_indices(vocabs))
+    sequences = expected_sequences(rows)
     for name, position_from_end in (("test", 1), ("valid", 2)):
         positives = {decode(vocabs["user"], r["user"]): r for r in splits[name] if r["label"] == 1}
         assert set(positives) == set(sequences)
@@ -121,8 +144,28 @@ def test_leave_last_out_split(prepared):
             ts, item = sequences[user][-position_from_end]
             assert (r["timestamp"], decode(vocabs["item"], r["item"])) == (ts, item)
     train_positives = sum(1 for r in splits["train"] if r["label"] == 1)
-    expected = sum(1 for seq in sequences.values() for ts, _ in seq[:-2] if ts > seq[0][0])
-    assert train_positives == expected  # earlier reviews with a non-empty history
+    assert train_positives == sum(len(seq) - 3 for seq in sequences.values())  # all but the first
+
+
+def test_same_time_test_positives_are_the_last_input_records_not_the_least_popular(prepared):
+    """Item indices are frequency ranks: ordering ties by them would make every tied user's test
+    positive its least popular item. Input order carries no such signal."""
+    rows, _, splits, vocabs, _ = prepared
+    last_written = {}
+    for user, item, _ in rows:
+        last_written[user] = item
+    index = {v["raw"]: i for i, v in vocabs["item"].items()}
+    tests = {decode(vocabs["user"], r["user"]): r["item"] for r in splits["test"] if r["label"] == 1}
+    tied = [u for u in tests if u.startswith("tied")]
+    assert len(tied) == TIED_USERS
+    assert all(decode(vocabs["item"], tests[u]) == last_written[u] for u in tied)
+    items_of = defaultdict(set)
+    for user, item, _ in rows:
+        items_of[user].add(index[item])
+    least_popular = sum(tests[u] == max(items_of[u]) for u in tied)
+    assert least_popular <= TIED_USERS * 0.4  # 1 in 6 expected; ordering ties by index: all of them
+    train = [r["item"] for r in splits["train"] if r["label"] == 1 and decode(vocabs["user"], r["user"]) in tied]
+    assert sum(tests[u] for u in tied) / len(tied) < 1.3 * sum(train) / len(train)
 
 
 def test_negatives_are_never_the_users_items(prepared):
@@ -176,9 +219,9 @@ def test_context_features_match_the_calendar(prepared):
     for r in splits["train"][:500] + splits["test"]:
         moment = dt.datetime.fromtimestamp(r["timestamp"], dt.timezone.utc)
         assert (r["hour"], r["weekday"]) == (moment.hour, moment.weekday())
-        user = decode(vocabs["user"], r["user"])
-        earlier = [ts for ts, _ in sequences[user] if ts < r["timestamp"]]
-        expected_gap = 0 if not earlier else min(31, 1 + int(math.floor(math.log2(1 + r["timestamp"] - earlier[-1]))))
+        time_of = dict((item, ts) for ts, item in sequences[decode(vocabs["user"], r["user"])])
+        previous = [time_of[decode(vocabs["item"], i)] for i in r["hist_item"] if i][-1:]  # the history's last
+        expected_gap = 0 if not previous else min(31, 1 + int(math.floor(math.log2(1 + r["timestamp"] - previous[0]))))
         assert r["gap"] == expected_gap
 
 
@@ -240,7 +283,7 @@ def prepared_hashed(tmp_path_factory, ray_local):
         f"data.output={folder / 'prepared'}", f"data.max_history={MAX_HISTORY}", "data.num_partitions=2",
         "data.vocab=hashed", "data.user_buckets=1000003", "data.item_buckets=1000003",
         "data.k_core=true", "data.min_user_count=4", "data.min_item_count=3",
-        "sampling.negatives=3", "sampling.strategy=popularity",
+        "sampling.negatives=3", "sampling.strategy=popularity", "data.history_ties=strict_time",
     ])
     result = prepare(config, log=lambda message: None)
     splits = {name: pq.read_table(folder / "prepared" / name).to_pylist() for name in ("train", "valid", "test")}
@@ -256,17 +299,13 @@ def test_k_core_hashed_vocab_and_popularity_negatives(prepared_hashed):
     items = sorted({i for _, i in core})
     item_index = dict(zip(items, hashed_index(pa.array(items), 1000003)))
     assert {r["user"] for r in splits["test"]} == set(user_index.values())
-    # Histories, in hashed ids: the user's strictly earlier k-core items.
-    first_time = {}
-    for u, i, ts in rows:
-        if (u, i) in core:
-            first_time[(u, i)] = min(first_time.get((u, i), ts), ts)
-    by_user = defaultdict(list)
-    for (u, i), ts in first_time.items():
-        by_user[user_index[u]].append((ts, item_index[i]))
+    # Histories (strict_time), in hashed ids: the user's k-core items of strictly earlier
+    # timestamps, in the user's (timestamp, input position) order.
+    by_user = {user_index[u]: [(ts, item_index[i]) for ts, i in seq]
+               for u, seq in expected_sequences(rows, kept=core).items()}
     for r in splits["train"][:400] + splits["test"]:
-        earlier = [i for ts, i in sorted(by_user[r["user"]]) if ts < r["timestamp"]][-MAX_HISTORY:]
-        assert sorted(i for i in r["hist_item"] if i) == sorted(earlier)
+        earlier = [i for ts, i in by_user[r["user"]] if ts < r["timestamp"]][-MAX_HISTORY:]
+        assert [i for i in r["hist_item"] if i] == earlier
         if r["label"] == 0:
             assert r["item"] not in {i for _, i in by_user[r["user"]]}
     # Popularity sampling: the most reviewed items are drawn as negatives far more often.

@@ -61,18 +61,21 @@ def read_prepared(out: Path) -> tuple[dict, dict]:
 
 
 def expected_sequences(summary: dict) -> dict[str, list[tuple[int, str]]]:
-    """Per kept user: (seconds, item) of the earliest review of each item, time-ordered."""
+    """Per kept user: (seconds, item) of the earliest review of each item by (time, input
+    position), in that order."""
     first = {}
+    position = 0
     for path in summary["review_files"]:
         with gzip.open(path, "rt") as handle:
             for line in handle:
                 record = json.loads(line)
-                key = (record["user_id"], record["parent_asin"])
-                first[key] = min(first.get(key, record["timestamp"] // 1000), record["timestamp"] // 1000)
+                key, value = (record["user_id"], record["parent_asin"]), (record["timestamp"] // 1000, position)
+                first[key] = min(first.get(key, value), value)
+                position += 1
     by_user = defaultdict(list)
-    for (user, item), ts in first.items():
-        by_user[user].append((ts, item))
-    return {user: sorted(seq) for user, seq in by_user.items() if len(seq) >= 3}
+    for (user, item), (ts, position) in first.items():
+        by_user[user].append((ts, position, item))
+    return {user: [(ts, item) for ts, _, item in sorted(seq)] for user, seq in by_user.items() if len(seq) >= 3}
 
 
 def test_positives_per_split_follow_leave_last_out(dataset, baseline):
@@ -81,7 +84,7 @@ def test_positives_per_split_follow_leave_last_out(dataset, baseline):
     splits, vocabs = read_prepared(out)
     sequences = expected_sequences(summary)
     expected = {"test": len(sequences), "valid": len(sequences),
-                "train": sum(1 for seq in sequences.values() for ts, _ in seq[:-2] if ts > seq[0][0])}
+                "train": sum(len(seq) - 3 for seq in sequences.values())}
     assert {name: sum(r["label"] == 1 for r in rows) for name, rows in splits.items()} == expected
     assert {vocabs["user"][i]["raw"] for i in vocabs["user"]} == set(sequences)
     assert meta["splits"] == {name: len(rows) for name, rows in splits.items()}
@@ -99,16 +102,21 @@ def item_categories(summary: dict) -> dict[str, str]:
     return categories
 
 
-def test_histories_are_the_users_strictly_earlier_items(dataset, baseline):
+def test_histories_are_the_users_earlier_items_in_input_order(dataset, baseline):
     _, summary = dataset
     out, _ = baseline
     splits, vocabs = read_prepared(out)
     sequences, categories = expected_sequences(summary), item_categories(summary)
     for rows in splits.values():
         for r in rows:
-            user = vocabs["user"][r["user"]]["raw"]
-            earlier = [item for ts, item in sequences[user] if ts < r["timestamp"]][-MAX_HISTORY:]
-            assert [vocabs["item"][i]["raw"] for i in r["hist_item"] if i] == earlier
+            sequence = sequences[vocabs["user"][r["user"]]["raw"]]
+            history = [vocabs["item"][i]["raw"] for i in r["hist_item"] if i]
+            # A positive's own review; a negative's is one of the same second (its positive's).
+            own = [k for k, (ts, item) in enumerate(sequence) if ts == r["timestamp"]
+                   and (r["label"] == 0 or item == vocabs["item"][r["item"]]["raw"])]
+            earlier = next((h for h in ([item for _, item in sequence[max(0, k - MAX_HISTORY):k]] for k in own)
+                            if h == history), None)
+            assert earlier is not None, r
             assert [vocabs["category"][c]["raw"] for c in r["hist_category"] if c] == [categories[i] for i in earlier]
             assert vocabs["category"][r["category"]]["raw"] == categories[vocabs["item"][r["item"]]["raw"]]
             assert len(r["hist_item"]) == len(r["hist_category"]) == MAX_HISTORY

@@ -77,7 +77,7 @@ def test_score_reproduces_the_runs_test_metrics_with_raw_ids(trained, capsys):
     # The AUC, gAUC and logloss of the scored file are the run's test metrics (metrics.json).
     expected = json.loads((trained / "run/metrics.json").read_text())["test"]
     users = np.unique(scored["user"].to_numpy(zero_copy_only=False), return_inverse=True)[1]
-    found = metrics.evaluate(scored["score"].to_numpy().astype(np.float64), scored["label"].to_numpy(), users)
+    found = metrics.evaluate(scored["logit"].to_numpy(), scored["label"].to_numpy(), users)  # ranked by logit
     assert found["auc"] == pytest.approx(expected["auc"], abs=1e-9)
     assert found["gauc"] == pytest.approx(expected["gauc"], abs=1e-9)
     assert found["logloss"] == pytest.approx(expected["logloss"], abs=1e-7)
@@ -96,13 +96,13 @@ def _trainer_logits(trained: Path, table: pa.Table) -> np.ndarray:
     import torch.distributed as dist
 
     from eain_dist.distributed import checkpoint
-    from eain_dist.train import steps
+    from eain_dist.train import worker as workers
     from eain_dist.train.trainer import read_meta
 
     config = load_config(trained / "run/config.yaml")
     dist.init_process_group("gloo", store=dist.HashStore(), rank=0, world_size=1)
     try:
-        worker = steps.build_worker(config, read_meta(config), torch.device("cpu"))
+        worker = workers.build_worker(config, read_meta(config), torch.device("cpu"))
         checkpoint.load((trained / "run/checkpoints/BEST").read_text().strip(), model=worker.model,
                         dense_optimizer=None, collection=worker.collection)
         worker.ddp.eval()
@@ -137,8 +137,8 @@ def test_exported_model_scores_equal_the_trainers(trained, tmp_path):
     test = pq.read_table(trained / "prepared/test")
     np.testing.assert_allclose(exported_logits, _trainer_logits(trained, test), atol=1e-6, rtol=0)
     expected_auc = json.loads((trained / "run/metrics.json").read_text())["test"]["auc"]
-    probabilities = torch.sigmoid(torch.from_numpy(exported_logits)).double().numpy()
-    assert metrics.auc(probabilities, test["label"].to_numpy()) == pytest.approx(expected_auc, abs=1e-9)
+    found = metrics.evaluate(exported_logits, test["label"].to_numpy(), test["user"].to_numpy())
+    assert found["auc"] == pytest.approx(expected_auc, abs=1e-9)
     # The vocabularies travel with the model.
     assert vocabulary(trained, "item") == dict(zip(*pq.read_table(exported / "vocab/item.parquet")
                                                    .select(["raw", "index"]).to_pydict().values()))

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import json
+import math
 import os
+import shutil
 import socket
 from pathlib import Path
 
@@ -13,10 +15,14 @@ import pytest
 import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
+import yaml
 
 from eain_dist.config import load_config
 from eain_dist.distributed import checkpoint
-from eain_dist.train import steps
+from eain_dist.train import metrics
+from eain_dist.train.evaluation import split_metrics
+from eain_dist.data.loader import to_device, to_tensors
+from eain_dist.train.worker import build_worker, synchronized_batches, train_step
 
 pytestmark = pytest.mark.slow
 MAX_HISTORY = 6
@@ -73,12 +79,12 @@ def _init(rank: int, world: int, port: int) -> None:
 def _train_worker(rank: int, world: int, port: int, model: str, results, save_dir: str | None):
     _init(rank, world, port)
     try:
-        worker = steps.build_worker(config(model), META, torch.device("cpu"))
+        worker = build_worker(config(model), META, torch.device("cpu"))
         _same_start(worker)
         losses = []
         for batch in global_batches():
             local = batch.slice(rank * len(batch) // world, len(batch) // world)  # this rank's half
-            out = steps.train_step(worker, steps.to_device(steps.to_tensors(local, MAX_HISTORY), worker.device))
+            out = train_step(worker, to_device(to_tensors(local, MAX_HISTORY), worker.device))
             losses.append(out)
         result = {"losses": losses}
         if save_dir:
@@ -100,7 +106,7 @@ def _same_start(worker) -> None:
 
 
 def _predict(worker) -> list[float]:
-    batch = steps.to_tensors(global_batches(1, 40)[0], MAX_HISTORY)
+    batch = to_tensors(global_batches(1, 40)[0], MAX_HISTORY)
     worker.ddp.eval()
     with torch.no_grad():
         return torch.sigmoid(worker.model(batch).logits).tolist()
@@ -124,7 +130,7 @@ def test_two_workers_reproduce_one_workers_losses(model):
 def _restore_worker(rank: int, world: int, port: int, directory: str, results):
     _init(rank, world, port)
     try:
-        worker = steps.build_worker(config(), META, torch.device("cpu"))
+        worker = build_worker(config(), META, torch.device("cpu"))
         checkpoint.load(directory, model=worker.model, dense_optimizer=worker.dense_optimizer,
                         collection=worker.collection)
         results[rank] = _predict(worker)
@@ -145,9 +151,9 @@ def test_checkpoint_written_by_two_workers_restores_on_one_and_back(tmp_path):
 def _empty_rank_worker(rank: int, port: int, results):
     _init(rank, 2, port)
     try:
-        worker = steps.build_worker(config(), META, torch.device("cpu"))
+        worker = build_worker(config(), META, torch.device("cpu"))
         mine = global_batches(5)[: 5 if rank == 0 else 2]  # rank 1's shard runs out after 2 batches
-        seen = [len(b["label"]) for b in steps.synchronized_batches(mine, worker) if steps.train_step(worker, b) or True]
+        seen = [len(b["label"]) for b in synchronized_batches(mine, worker) if train_step(worker, b) or True]
         results[rank] = seen
     finally:
         dist.destroy_process_group()
@@ -158,6 +164,49 @@ def test_uneven_shards_step_together_with_empty_batches():
     mp.spawn(_empty_rank_worker, args=(_free_port(), results), nprocs=2, join=True)
     assert results[0] == [32] * 5
     assert results[1] == [32, 32, 0, 0, 0]
+
+
+def _evaluation_worker(rank: int, port: int, parts: list, results):
+    _init(rank, 2, port)
+    try:
+        results[rank] = split_metrics(parts[rank], torch.device("cpu"))
+    finally:
+        dist.destroy_process_group()
+
+
+def test_two_ranks_evaluate_exactly_what_one_process_does():
+    """Uneven shares, every user and many tied logits on both ranks, logits past float32 sigmoid's 1.0."""
+    rng = np.random.default_rng(3)
+    n = 900
+    logits = np.round(rng.normal(scale=8, size=n), 0).astype(np.float32)  # ties, and |logit| > 17
+    labels = (rng.random(n) < 1 / (1 + np.exp(-logits / 4))).astype(np.float32)
+    users = rng.integers(0, 40, n)
+    cut = 650
+    parts = [{"logit": logits[:cut], "label": labels[:cut], "user": users[:cut]},
+             {"logit": logits[cut:], "label": labels[cut:], "user": users[cut:]}]
+    results = mp.get_context("spawn").Manager().dict()
+    mp.spawn(_evaluation_worker, args=(_free_port(), parts, results), nprocs=2, join=True)
+    expected = metrics.evaluate(logits, labels, users)
+    assert results[0] == results[1]
+    assert results[0] == pytest.approx(expected, rel=1e-12)
+
+
+def _batch_norm_worker(rank: int, port: int, results):
+    _init(rank, 1, port)
+    try:
+        cfg = load_config(overrides=["model.mlp_batch_norm=true", "model.dropout=0.0"])
+        worker = build_worker(cfg, META, torch.device("cpu"))
+        batch = global_batches(1, 33)[0]
+        losses = [train_step(worker, to_tensors(part, MAX_HISTORY)) for part in (batch.slice(0, 32), batch.slice(32))]
+        results[rank] = losses
+    finally:
+        dist.destroy_process_group()
+
+
+def test_batch_norm_trains_on_a_last_batch_of_one_row():
+    results = mp.get_context("spawn").Manager().dict()
+    mp.spawn(_batch_norm_worker, args=(_free_port(), results), nprocs=1, join=True)
+    assert all(np.isfinite(results[0]))
 
 
 @pytest.fixture(scope="module")
@@ -195,6 +244,11 @@ def test_worker_crash_resumes_from_checkpoint_and_wandb_logs(tiny_prepared, ray_
     assert history[0]["steps"] >= steps_per_epoch and history[1]["steps"] - history[0]["steps"] >= steps_per_epoch
     assert train_stats["steps"] == history[1]["steps"]
     assert [h["epoch"] for h in result.metrics["history"]] == [1, 2]
+    # Both ranks trained on about half of every epoch (equal shares; padding rows aside).
+    for h in history:
+        assert sum(h["samples_per_rank"]) == train_rows
+        assert all(abs(n / train_rows - 0.5) <= 0.05 for n in h["samples_per_rank"])
+    assert train_stats["samples_per_rank"] == history[-1]["samples_per_rank"]
     assert 0.5 < result.metrics["test"]["auc"] <= 1.0
     assert (run_dir / "curves.png").stat().st_size > 10_000
     written = json.loads((run_dir / "metrics.json").read_text())
@@ -208,3 +262,42 @@ def test_worker_crash_resumes_from_checkpoint_and_wandb_logs(tiny_prepared, ray_
     assert summary["test_auc"] == pytest.approx(result.metrics["test"]["auc"])
     assert any("valid_auc" in row for row in history)
     assert any(row.get("curves/_type") == "image-file" for row in history)  # the curves plot
+
+
+def test_evaluation_every_n_steps_with_an_all_positive_validation_split(tiny_prepared, ray_local, tmp_path):
+    """An undefined validation AUC (one class) neither crashes the run nor hides the best
+    checkpoint; patience 0 trains every epoch; batch norm copes with one-row batches."""
+    import pyarrow.compute as pc
+    import pyarrow.parquet as pq
+
+    from eain_dist.train.trainer import train
+
+    prepared = tmp_path / "prepared"
+    shutil.copytree(tiny_prepared / "prepared", prepared)
+    for path in (prepared / "valid").glob("*.parquet"):
+        table = pq.read_table(path)
+        pq.write_table(table.set_column(table.schema.get_field_index("label"), "label",
+                                        pc.cast(pc.add(pc.multiply(table["label"], 0), 1), pa.float32())), path)
+    run_dir = tmp_path / "run"
+    train_rows = json.loads((prepared / "meta.json").read_text())["splits"]["train"]
+    batch = 256
+    config = load_config(overrides=[
+        f"data.output={prepared}", f"train.run_dir={run_dir}", "data.max_history=8", "train.epochs=2",
+        f"train.batch_size={batch}", "train.eval_every_steps=5", "train.early_stopping_patience=0",
+        "model.mlp_batch_norm=true", "model.mlp_hidden=[32]", "wandb.mode=disabled"])
+    result = train(config, log=lambda message: None)
+
+    history = result.metrics["history"]
+    steps_per_epoch = -(-train_rows // batch)
+    assert [h["steps"] for h in history if not h["epoch_done"]] == list(range(5, 2 * steps_per_epoch + 1, 5))
+    assert [h["steps"] for h in history if h["epoch_done"]] == [steps_per_epoch, 2 * steps_per_epoch]
+    assert [h["evaluation"] for h in history] == list(range(1, len(history) + 1))
+    assert all(math.isnan(h["valid_auc"]) for h in history) and all(0 < h["test_auc"] < 1 for h in history)
+    train_stats = result.metrics["train"]
+    assert train_stats["epochs"] == 2 and train_stats["best_evaluation"] == 1 and train_stats["best_steps"] == 5
+    assert math.isnan(result.metrics["valid"]["auc"]) and result.metrics["test"]["auc"] == history[0]["test_auc"]
+    best = Path((run_dir / "checkpoints" / "BEST").read_text().strip())
+    assert json.loads((best / "state.json").read_text())["steps"] == 5
+    # config.yaml: only the sections a run reads (not generate, tune or compare).
+    assert list(yaml.safe_load((run_dir / "config.yaml").read_text())) == ["data", "sampling", "model", "train",
+                                                                           "wandb", "ray"]

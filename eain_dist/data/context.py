@@ -1,7 +1,8 @@
 """Context features of an impression, computed only from its own timestamp and the past.
 
-All times are UTC seconds. `gap` is the log2-bucketed time since the user's previous
-interaction strictly before this one; bucket 0 means "no previous interaction".
+All times are UTC seconds. `gap` is the log2-bucketed time since the last interaction of the
+impression's history (the user's previous one in the user's order); bucket 0 means "no previous
+interaction", bucket 1 a previous one at the same second (an input-order tie).
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ def day_of_week(timestamp: np.ndarray) -> np.ndarray:
 
 
 def gap_bucket(seconds_since_previous: np.ndarray, has_previous: np.ndarray) -> np.ndarray:
-    """Log-bucketed gap; seconds are >= 1 wherever has_previous (history is strictly earlier)."""
+    """Log-bucketed gap: 0 = no previous interaction, then 1 + floor(log2(1 + seconds))."""
     seconds = np.maximum(seconds_since_previous, 0).astype(np.float64)
     bucket = 1 + np.floor(np.log2(1.0 + seconds)).astype(np.int64)
     bucket = np.minimum(bucket, GAP_BUCKETS - 1)

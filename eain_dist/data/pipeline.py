@@ -35,14 +35,16 @@ from eain_dist.data.context import GAP_BUCKETS
 from eain_dist.data.errors import InputError
 from eain_dist.data.fs import expand_sources, filesystem_for, pyarrow_filesystem
 
-# 2: the training rows of each file are shuffled (1: in user, time order).
-SCHEMA_VERSION = 2
+# 3: a user's order is (timestamp, input position), histories include earlier same-time reviews
+# (2: ordered by (timestamp, item index), strictly earlier histories; 1: training rows unshuffled).
+SCHEMA_VERSION = 3
 SPLIT_COLUMNS = ("label", "user", "item", "category", "hour", "weekday", "gap", "hist_item",
                  "hist_category", "hist_len", "request_id", "position", "timestamp")
 FEATURES = {"user": "user", "item": "item", "hist_item": "item", "category": "category",
             "hist_category": "category", "hour": "hour", "weekday": "weekday", "gap": "gap"}
 ESTIMATED_BYTES_PER_REVIEW = {".gz": 120, ".csv": 40, ".tsv": 30}  # partition sizing only
 REQUEST_SHIFT = 24  # request_id = user index << 24 | first row of the request within the user
+POSITION_SHIFT = 40  # input position = file index << 40 | record number within the file
 MAX_K_CORE_ROUNDS = 50
 
 
@@ -152,27 +154,38 @@ def _add(counters, step: str, **values) -> None:
 
 
 def _read(files: list[str], fmt: str, kind: str, config: Config, counters):
-    paths = ray.data.from_items([{"path": f} for f in files], override_num_blocks=len(files))
+    paths = ray.data.from_items([{"path": f, "file_index": i} for i, f in enumerate(files)],
+                                override_num_blocks=len(files))
     return paths.map_batches(_read_files, batch_size=1, batch_format="pyarrow",
                              fn_kwargs={"fmt": fmt, "kind": kind, "config": config, "counters": counters})
 
 
 def _read_files(batch: pa.Table, *, fmt: str, kind: str, config: Config, counters):
-    """Stream each file's records in canonical schema; malformed ones go to the reject log."""
-    for path in batch["path"].to_pylist():
+    """Stream each file's records in canonical schema; malformed ones go to the reject log.
+    Reviews carry their input position (file index in source order, then record order)."""
+    for path, file_index in zip(batch["path"].to_pylist(), batch["file_index"].to_pylist()):
         fs, local_path = filesystem_for(path, config.data.s3)
         file_format = formats.detect_format(local_path, fs) if fmt == "auto" else fmt
         log = formats.RejectLog(max_samples=config.data.reject_samples)
-        reader = formats.read_interactions if kind == "interactions" else formats.read_item_meta
-        yield from reader(local_path, file_format, fs, log)
+        if kind == "interactions":
+            yield from _with_positions(formats.read_interactions(local_path, file_format, fs, log), file_index)
+        else:
+            yield from formats.read_item_meta(local_path, file_format, fs, log)
         if kind == "interactions":
             ray.get(counters.add_rejects.remote(log))
         else:
             ray.get(counters.add.remote("meta", {"records": log.total_records(), "rejects": log.total_rejects()}))
 
 
+def _with_positions(tables, file_index: int):
+    first = file_index << POSITION_SHIFT
+    for table in tables:
+        yield table.append_column("position", pa.array(np.arange(first, first + table.num_rows), pa.int64()))
+        first += table.num_rows
+
+
 RECORD_SCHEMA = pa.schema([("user", pa.string()), ("item", pa.string()), ("timestamp", pa.int64()),
-                           ("category", pa.string())])
+                           ("position", pa.int64()), ("category", pa.string())])
 
 
 def _read_with_meta(files: list[str], meta_files: list[str], config: Config, counters):
@@ -237,14 +250,15 @@ def _check_rejects(counts: dict, data, output: "_Output") -> None:
 
 
 def _item_stage(table: pa.Table, *, min_count: int, counters) -> pa.Table:
-    """One item partition: dedupe (user, item) keeping the earliest review, count, filter, and
-    attach each item's category from the metadata rows of the same partition."""
+    """One item partition: dedupe (user, item) keeping the earliest review by (timestamp, input
+    position), count, filter, and attach each item's category from the metadata rows of the
+    same partition."""
     is_review = pc.is_valid(table["user"])
     categories = _item_categories(table.filter(pc.invert(is_review)), counters)
     table = table.filter(is_review)
     _, item_code, _ = _distinct(table["item"])
     _, user_code, _ = _distinct(table["user"])
-    order = np.lexsort((table["timestamp"].to_numpy(), user_code, item_code))
+    order = np.lexsort((table["position"].to_numpy(), table["timestamp"].to_numpy(), user_code, item_code))
     item_code, user_code = item_code[order], user_code[order]
     first = np.r_[True, (item_code[1:] != item_code[:-1]) | (user_code[1:] != user_code[:-1])]
     kept_rows, item_code = order[first], item_code[first]
@@ -252,7 +266,7 @@ def _item_stage(table: pa.Table, *, min_count: int, counters) -> pa.Table:
     keep = item_counts >= min_count
     _add(counters, "dedupe", rows_in=table.num_rows, duplicates=table.num_rows - len(kept_rows))
     _add(counters, "min_item_count", items_dropped=len(np.unique(item_code[~keep])), rows_dropped=int((~keep).sum()))
-    table = table.select(["user", "item", "timestamp"]).take(kept_rows[keep])
+    table = table.select(["user", "item", "timestamp", "position"]).take(kept_rows[keep])
     table = table.append_column("item_count", pa.array(item_counts[keep], pa.int64()))
     return _with_categories(table, categories)
 
@@ -407,7 +421,8 @@ def _index_items(table: pa.Table, *, item_vocab: ItemVocabulary) -> pa.Table:
     item = index[pc.index_in(table["item"], value_set=items).to_numpy()]
     category = ray.get(item_vocab.item_category)[item].astype(np.int64)
     return pa.table({"user": table["user"], "item": pa.array(item, pa.int64()),
-                     "category": pa.array(category, pa.int64()), "timestamp": table["timestamp"]})
+                     "category": pa.array(category, pa.int64()), "timestamp": table["timestamp"],
+                     "position": table["position"]})
 
 
 # ----------------------------------------------------------------------------- user stage
@@ -473,10 +488,11 @@ def _user_stage(table: pa.Table, *, config: Config, user_offsets, num_users: int
     _add(counters, "min_user_count", users_dropped=int((~kept).sum()), rows_dropped=int((~keep_rows).sum()),
          users_kept=int(kept.sum()))
     user_index = _user_indices(users, counts, kept, user_offsets, num_users, data.vocab)
-    seq = sequences.sort_by_user_time(user_index[codes[keep_rows]], table["item"].to_numpy()[keep_rows],
-                                      table["category"].to_numpy()[keep_rows], table["timestamp"].to_numpy()[keep_rows])
+    seq = sequences.sort_by_user_order(*(column[keep_rows] for column in (
+        user_index[codes], table["item"].to_numpy(), table["category"].to_numpy(), table["timestamp"].to_numpy(),
+        table["position"].to_numpy())))
     rng = np.random.default_rng([config.sampling.seed, vocab.partition_id(users)])
-    rows = _row_features(seq, data.max_history, config.sampling.session_gap_s)
+    rows = _row_features(seq, data.max_history, data.history_ties, config.sampling.session_gap_s)
     positive = np.flatnonzero(rows["split"] >= 0)
     _add(counters, "split", train_without_history=int((rows["split"] < 0).sum()),
          **{f"{name}_positives": int((rows["split"] == k).sum()) for k, name in enumerate(sequences.SPLIT_NAMES)})
@@ -504,9 +520,10 @@ def _user_indices(users: pa.Array, counts, kept, offsets, num_users: int, mode: 
     return index
 
 
-def _row_features(seq: sequences.UserSequences, max_history: int, session_gap_s: int) -> dict[str, np.ndarray]:
+def _row_features(seq: sequences.UserSequences, max_history: int, history_ties: str,
+                  session_gap_s: int) -> dict[str, np.ndarray]:
     """Per observed review: history bounds, context, split (-1 = dropped) and request."""
-    hist_end = sequences.history_end(seq)
+    hist_end = sequences.history_end(seq, history_ties)
     hist_start = np.maximum(seq.user_start, hist_end - max_history)
     split = sequences.split_of(seq, hist_end - hist_start)
     session = sampling.session_starts(seq.user_start, seq.timestamp, session_gap_s)

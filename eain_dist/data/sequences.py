@@ -1,11 +1,18 @@
-"""Per-user time order, fixed-length histories and the leave-last-out split (DESIGN.md).
+"""Per-user order, fixed-length histories and the leave-last-out split (DESIGN.md).
 
 Everything works on one user partition at a time (all interactions of its users), vectorised
 over the whole partition: no Python loop per user or per row.
 
-An interaction's history is the user's items with a timestamp *strictly* earlier than its
-own, most recent last, left-padded with 0 to `max_history`. Ties in time never leak into each
-other's history: two reviews written in the same second see the same history.
+A user's order is (timestamp, input position): equal timestamps (day-granular in the 2014 and
+2018 releases) keep the order of the input records, never an order derived from ids or
+popularity, which would decide which item becomes the test positive.
+
+An interaction's history is, by `data.history_ties`:
+- input_order (default, the reference protocol): every interaction of the user earlier in that
+  order, same-timestamp ones earlier in the input included;
+- strict_time: only interactions with a strictly earlier timestamp (same-time reviews share one
+  history).
+Most recent last, left-padded with 0 to `max_history`.
 """
 
 from __future__ import annotations
@@ -22,7 +29,8 @@ SPLIT_NAMES = ("train", "valid", "test")
 
 @dataclass(frozen=True, kw_only=True)
 class UserSequences:
-    """A partition's interactions sorted by (user, timestamp, item), with per-row user bounds."""
+    """A partition's interactions sorted by (user, timestamp, input position), with per-row user
+    bounds."""
 
     user: np.ndarray  # N, int64 user index
     item: np.ndarray  # N, int64 item index
@@ -32,8 +40,8 @@ class UserSequences:
     user_end: np.ndarray  # N, one past the last row of this row's user
 
 
-def sort_by_user_time(user, item, category, timestamp) -> UserSequences:
-    order = np.lexsort((item, timestamp, user))
+def sort_by_user_order(user, item, category, timestamp, position) -> UserSequences:
+    order = np.lexsort((position, timestamp, user))
     user, item, category, timestamp = user[order], item[order], category[order], timestamp[order]
     boundaries = np.flatnonzero(np.diff(user)) + 1
     starts = np.concatenate(([0], boundaries))
@@ -45,8 +53,10 @@ def sort_by_user_time(user, item, category, timestamp) -> UserSequences:
     )
 
 
-def history_end(seq: UserSequences) -> np.ndarray:
-    """Row index one past the last interaction strictly earlier than each row (same user)."""
+def history_end(seq: UserSequences, ties: str) -> np.ndarray:
+    """Row index one past the last interaction of each row's history (same user)."""
+    if ties == "input_order":
+        return np.arange(len(seq.user))  # every earlier row of the user
     # Rows are sorted by (user, timestamp): a left search for (user, t) finds the first row of
     # this user at time >= t. Users are made consecutive ordinals so the key fits in int64.
     ordinal = np.cumsum(np.concatenate(([0], np.diff(seq.user) != 0)))
@@ -78,6 +88,8 @@ def split_of(seq: UserSequences, hist_len: np.ndarray) -> np.ndarray:
 
 
 def context_features(seq: UserSequences, hist_end: np.ndarray) -> dict[str, np.ndarray]:
+    """Hour and weekday of the row's own time; gap since the last interaction of its history
+    (0 seconds for a same-time review earlier in the input: only the past is used)."""
     has_previous = hist_end > seq.user_start
     previous_time = seq.timestamp[np.maximum(hist_end - 1, 0)]
     return {

@@ -1,14 +1,18 @@
 """Row-wise sharded embedding tables and their row-wise optimizers.
 
-Global row r of a sharded table lives on rank r % W, at local row r // W. One lookup, for the
-unique ids U of a table on this rank:
+Global row r of a sharded table lives on rank r % W, at local row r // W. One lookup routes the
+unique ids of *every* sharded table in one exchange (U_t: table t's unique ids on this rank):
 
-    owner = ids % W                     sort ids by owner, count per owner
-    all_to_all_single(counts)           every rank learns how many ids it must serve
-    all_to_all_single(local rows)       ... and which
-    served = shard[requested]           R x D, a fresh leaf: the only rows this step touches
-    all_to_all_single(served)           autograd-aware: backward routes gradients home
-                                        -> U x D, back in the caller's order
+    owner = ids % W                     per table: group ids by owner (stable), count per owner
+    all_to_all_single(counts)           W x T counts: every rank learns how many ids of each
+                                        table it must serve to each rank
+    all_to_all_single(local rows)       ... and which: all tables' ids in one buffer
+    served_t = shard_t[requested_t]     a fresh leaf per table: the only rows this step touches
+    AllToAll(served, flattened)         all tables' rows in one buffer; autograd-aware: the
+                                        backward routes every table's gradients home in one call
+                                        -> U_t x D per table, back in the caller's order (a scatter)
+
+With one rank there is nothing to route: the rows are served locally, with the same leaves.
 
 After `loss.backward()`, `served.grad` holds exactly the gradients of the requested rows (a row
 asked for by several ranks appears once per request, and the optimizer sums them). The
@@ -34,50 +38,9 @@ from dataclasses import dataclass, field
 
 import torch
 import torch.distributed as dist
-import torch.distributed.nn.functional as dist_fn
 from torch import Tensor, nn
 
-from eain_dist.model.embedding import EmbeddingCollection, TableConfig
-
-
-@dataclass(kw_only=True)
-class RowWiseAdagrad:
-    """Adagrad with one accumulator per row (mean of the squared gradient), as TorchRec's."""
-
-    lr: float = 0.05
-    eps: float = 1e-8
-
-    def state_for(self, rows: int, dim: int) -> dict[str, Tensor]:
-        return {"sum_sq": torch.zeros(rows)}
-
-    def update(self, weight: Tensor, state: dict[str, Tensor], rows: Tensor, grad: Tensor) -> None:
-        sum_sq = state["sum_sq"]
-        sum_sq.index_add_(0, rows, grad.square().mean(dim=1))
-        scale = self.lr / (sum_sq[rows].sqrt() + self.eps)
-        weight.index_add_(0, rows, -scale[:, None] * grad)
-
-
-@dataclass(kw_only=True)
-class RowWiseAdam:
-    """Lazy Adam: moments and step counts advance only for the rows a step touched."""
-
-    lr: float = 1e-3
-    betas: tuple[float, float] = (0.9, 0.999)
-    eps: float = 1e-8
-
-    def state_for(self, rows: int, dim: int) -> dict[str, Tensor]:
-        return {"m": torch.zeros(rows, dim), "v": torch.zeros(rows, dim), "step": torch.zeros(rows)}
-
-    def update(self, weight: Tensor, state: dict[str, Tensor], rows: Tensor, grad: Tensor) -> None:
-        beta1, beta2 = self.betas
-        step = state["step"][rows] + 1
-        state["step"][rows] = step
-        m = state["m"][rows].mul_(beta1).add_(grad, alpha=1 - beta1)
-        v = state["v"][rows].mul_(beta2).addcmul_(grad, grad, value=1 - beta2)
-        state["m"][rows], state["v"][rows] = m, v
-        m_hat = m / (1 - beta1 ** step)[:, None]
-        v_hat = v / (1 - beta2 ** step)[:, None]
-        weight[rows] -= self.lr * m_hat / (v_hat.sqrt() + self.eps)
+from eain_dist.model.embedding import INIT_STD, EmbeddingCollection, TableConfig
 
 
 @dataclass
@@ -102,7 +65,7 @@ class RowShard:
 class ShardedEmbeddingCollection(EmbeddingCollection):
     """`EmbeddingCollection` whose tables named in `sharded` are row-wise sharded over ranks."""
 
-    def __init__(self, tables: Sequence[TableConfig], *, sharded: set[str], optimizer, init_std: float = 0.01,
+    def __init__(self, tables: Sequence[TableConfig], *, sharded: set[str], optimizer, init_std: float = INIT_STD,
                  process_group=None, seed: int = 0, device: torch.device | None = None) -> None:
         nn.Module.__init__(self)
         self.table_configs = list(tables)
@@ -110,6 +73,7 @@ class ShardedEmbeddingCollection(EmbeddingCollection):
         self.rank = dist.get_rank(process_group)
         self.world_size = dist.get_world_size(process_group)
         self.optimizer = optimizer
+        self.steps = 0  # optimizer steps taken: the row-wise optimizers' clock (restored with checkpoints)
         self.device = device or torch.device("cpu")
         replicated = [c for c in tables if c.name not in sharded]
         self.tables = nn.ModuleDict({c.name: nn.Embedding(c.num_embeddings, c.embedding_dim) for c in replicated})
@@ -124,28 +88,50 @@ class ShardedEmbeddingCollection(EmbeddingCollection):
         state = {k: v.to(self.device) for k, v in self.optimizer.state_for(rows, config.embedding_dim).items()}
         return RowShard(config, self.rank, self.world_size, weight, state)
 
-    def lookup_rows(self, table: str, unique_ids: Tensor) -> Tensor:
-        if table not in self.shards:
-            return super().lookup_rows(table, unique_ids)
-        return self._sharded_lookup(self.shards[table], unique_ids)
+    def lookup_tables(self, unique_ids: Mapping[str, Tensor]) -> dict[str, Tensor]:
+        rows = {t: self.lookup_rows(t, ids) for t, ids in unique_ids.items() if t not in self.shards}
+        sharded = {t: ids for t, ids in unique_ids.items() if t in self.shards}
+        if sharded:
+            rows.update(self._serve_locally(sharded) if self.world_size == 1 else self._exchange(sharded))
+        return rows
 
-    def _sharded_lookup(self, shard: RowShard, ids: Tensor) -> Tensor:
-        owner = ids % self.world_size
-        order = torch.argsort(owner, stable=True)
-        send_counts = torch.bincount(owner, minlength=self.world_size)
-        recv_counts = torch.empty_like(send_counts)
-        dist.all_to_all_single(recv_counts, send_counts, group=self.group)
-        send_splits, recv_splits = send_counts.tolist(), recv_counts.tolist()
-        requested = torch.empty(sum(recv_splits), dtype=ids.dtype, device=ids.device)
-        dist.all_to_all_single(requested, (ids[order] // self.world_size).contiguous(), recv_splits, send_splits,
-                               group=self.group)
-        served = shard.weight[requested].detach().requires_grad_(torch.is_grad_enabled())
+    def _serve_locally(self, ids_by_table: Mapping[str, Tensor]) -> dict[str, Tensor]:
+        return {t: self._serve(self.shards[t], ids) for t, ids in ids_by_table.items()}
+
+    def _serve(self, shard: RowShard, local_rows: Tensor) -> Tensor:
+        """This rank's rows `local_rows` as a fresh leaf, remembered for `step` when it needs a gradient."""
+        served = shard.weight[local_rows].detach().requires_grad_(torch.is_grad_enabled())
         if served.requires_grad:
-            shard.pending.append((requested, served))
-        rows = dist_fn.all_to_all_single(
-            torch.empty(len(ids), shard.weight.shape[1], device=served.device, dtype=served.dtype),
-            served, send_splits, recv_splits, group=self.group)
-        return rows[torch.argsort(order)]  # U x D, in the caller's order
+            shard.pending.append((local_rows, served))
+        return served
+
+    def _exchange(self, ids_by_table: Mapping[str, Tensor]) -> dict[str, Tensor]:
+        """Every sharded table's rows for its unique ids, from their owners: one exchange for all."""
+        tables, world = list(ids_by_table), self.world_size
+        routes = [_Route.of(ids_by_table[t], world) for t in tables]
+        send = torch.stack([route.counts for route in routes], dim=1)  # W x T: ids for rank d of table t
+        receive = torch.empty_like(send)
+        dist.all_to_all_single(receive, send, group=self.group)
+        send_counts, receive_counts = torch.stack([send, receive]).tolist()  # one host sync for both
+
+        # Ids out, grouped by (destination rank, table); requests in, grouped by (source rank, table).
+        outgoing = [route.owned_ids.split(route_counts) for route, route_counts in zip(routes, zip(*send_counts))]
+        requested = torch.empty(sum(map(sum, receive_counts)), dtype=torch.long, device=self.device)
+        dist.all_to_all_single(requested, torch.cat([outgoing[t][d] for d in range(world) for t in range(len(tables))]),
+                               [sum(c) for c in receive_counts], [sum(c) for c in send_counts], group=self.group)
+        per_source = _by_source_and_table(requested, receive_counts, [1] * len(tables))
+        served = [self._serve(self.shards[t], torch.cat([per_source[s][i] for s in range(world)]))
+                  for i, t in enumerate(tables)]
+
+        # Rows back, all tables flattened into one buffer, grouped by (source rank, table).
+        dims = [self.shards[t].weight.shape[1] for t in tables]
+        pieces = [rows.split(counts) for rows, counts in zip(served, zip(*receive_counts))]
+        outgoing_rows = torch.cat([pieces[i][s].reshape(-1) for s in range(world) for i in range(len(tables))])
+        received = AllToAll.apply(outgoing_rows, [sum(c * d for c, d in zip(counts, dims)) for counts in send_counts],
+                                  [sum(c * d for c, d in zip(counts, dims)) for counts in receive_counts], self.group)
+        per_owner = _by_source_and_table(received, send_counts, dims)
+        return {t: route.to_caller_order(torch.cat([per_owner[d][i].view(-1, dims[i]) for d in range(world)]))
+                for i, (t, route) in enumerate(zip(tables, routes))}
 
     @torch.no_grad()
     def step(self, grad_scale: float = 1.0) -> None:
@@ -153,14 +139,11 @@ class ShardedEmbeddingCollection(EmbeddingCollection):
 
         `grad_scale` multiplies the summed gradients (1/W when each rank's loss is a local mean).
         """
+        self.steps += 1
         for shard in self.shards.values():
             rows, grads = _sum_by_row(shard)
             if len(rows):
-                self.optimizer.update(shard.weight, shard.state, rows, grads * grad_scale)
-            shard.pending.clear()
-
-    def zero_grad_shards(self) -> None:
-        for shard in self.shards.values():
+                self.optimizer.update(shard.weight, shard.state, rows, grads * grad_scale, step=self.steps)
             shard.pending.clear()
 
     def shard_bytes(self) -> dict[str, int]:
@@ -181,11 +164,63 @@ class ShardedEmbeddingCollection(EmbeddingCollection):
             tensor[local] = values[key][mine].to(tensor)
 
 
+@dataclass
+class _Route:
+    """Where one table's unique ids go: grouped by owner rank, and the way back to their order."""
+
+    order: Tensor  # U: position in the caller's ids of each id, ids grouped by owner
+    counts: Tensor  # W: ids per owner
+    owned_ids: Tensor  # U: the owners' local rows, grouped by owner
+
+    @staticmethod
+    def of(ids: Tensor, world: int) -> "_Route":
+        owner = ids % world
+        order = torch.argsort(owner, stable=True)
+        return _Route(order, torch.bincount(owner, minlength=world), (ids[order] // world))
+
+    def to_caller_order(self, rows: Tensor) -> Tensor:
+        """Rows grouped by owner -> the caller's order: a scatter (its backward is a gather). The
+        order is a permutation, so every row is written: no need to zero the output first."""
+        return rows.new_empty(rows.shape).index_copy(0, self.order, rows)
+
+
+def _by_source_and_table(flat: Tensor, counts: list[list[int]], widths: list[int]) -> list[list[Tensor]]:
+    """Split an exchanged buffer into [rank][table] pieces of counts[rank][table] x widths[table] values."""
+    sizes = [c * w for rank_counts in counts for c, w in zip(rank_counts, widths)]
+    pieces = flat.split(sizes)
+    tables = len(widths)
+    return [list(pieces[r * tables:(r + 1) * tables]) for r in range(len(counts))]
+
+
+class AllToAll(torch.autograd.Function):
+    """`all_to_all_single` whose backward sends the gradients back the way the values came.
+
+    Written here because torch.distributed.nn.functional's version is deprecated as of torch 2.13.
+    Dim 0 of `values` is split by `input_splits`; the output has `sum(output_splits)` rows.
+    """
+
+    @staticmethod
+    def forward(ctx, values: Tensor, output_splits: list[int], input_splits: list[int], group) -> Tensor:
+        ctx.splits, ctx.group = (output_splits, input_splits), group
+        output = values.new_empty((sum(output_splits), *values.shape[1:]))
+        dist.all_to_all_single(output, values.contiguous(), output_splits, input_splits, group=group)
+        return output
+
+    @staticmethod
+    def backward(ctx, grad: Tensor):
+        output_splits, input_splits = ctx.splits
+        grad_values = grad.new_empty((sum(input_splits), *grad.shape[1:]))
+        dist.all_to_all_single(grad_values, grad.contiguous(), input_splits, output_splits, group=ctx.group)
+        return grad_values, None, None, None
+
+
 def _sum_by_row(shard: RowShard) -> tuple[Tensor, Tensor]:
     """Sum the gradients of every request of each row (rows asked for by several ranks)."""
     requests = [(rows, served.grad) for rows, served in shard.pending if served.grad is not None]
     if not requests:
         return torch.empty(0, dtype=torch.long), torch.empty(0, shard.weight.shape[1])
+    if len(requests) == 1 and shard.world_size == 1:
+        return requests[0]  # one lookup on one rank: its rows are unique already
     rows = torch.cat([r for r, _ in requests])
     grads = torch.cat([g for _, g in requests])
     unique, inverse = torch.unique(rows, return_inverse=True)

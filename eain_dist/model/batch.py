@@ -25,7 +25,6 @@ NUM_FIELDS = len(TARGET_FEATURES) + 2  # + the pooled history's item and categor
 @dataclass
 class ModelOutput:
     logits: Tensor  # B: pre-sigmoid click scores
-    embedding_l2: Tensor  # scalar: the lookup's unique-row L2, for the loss
 
 
 def history_mask(hist_len: Tensor, length: int) -> Tensor:
@@ -41,7 +40,7 @@ def lookup(embeddings: EmbeddingCollection, batch: Mapping[str, Tensor], feature
            mask: Tensor | None) -> EmbeddingOutput:
     """Look up `features`, with history ids at padded positions (`mask` False) set to 0 first.
 
-    Whatever a padded slot holds then changes nothing, not even the regulariser. `mask` may be
+    Whatever a padded slot holds then changes nothing. `mask` may be
     None only when `features` has no history feature.
     """
     ids = {}

@@ -42,7 +42,7 @@ class EAIN(nn.Module):
         self.embeddings = embeddings
         self.paim = (PAIM(item_dim, max_history, config.positional_encoding, config.cross_layers)
                      if config.use_paim else None)
-        self.attention = DinAttention(item_dim, config.attention_hidden) if config.use_din_attention else None
+        self.attention = DinAttention(item_dim, config.attention_hidden, config.attention_softmax) if config.use_din_attention else None
         self.senet = SENet(NUM_FIELDS, config.senet_reduction_ratio) if config.use_senet else None
         self.mask_net = (MaskNet(NUM_FIELDS * dim, config.mask_block_count, config.mask_block_hidden,
                                  config.mask_reduction_ratio, config.mask_block_mode)
@@ -73,7 +73,7 @@ class EAIN(nn.Module):
             tower_input.append(self.second_order(fields))  # B x (P * D)
         if self.paim is not None and len(self.paim.cross_layers) > 0:
             tower_input.append(self.paim.cross(interest))  # B x 2D
-        return ModelOutput(logits=self.mlp(torch.cat(tower_input, dim=1)), embedding_l2=looked_up.l2)
+        return ModelOutput(logits=self.mlp(torch.cat(tower_input, dim=1)))
 
     def user_interest(self, target: Tensor, history: Tensor, mask: Tensor) -> Tensor:
         """The pooled history, position-aware when PAIM is on: B x 2D."""

@@ -6,8 +6,9 @@ lookup here is written as the same pipeline of steps the sharded one runs:
 
     dedupe (per table, across the features sharing it)  ->  lookup rows  ->  expand to features
 
-Locally "lookup rows" is one index into an `nn.Embedding`; sharded, it becomes route ids to
-their owner rank -> gather -> route embeddings back. Only that step is overridden.
+Locally "lookup rows" is one index into an `nn.Embedding` per table; sharded, it becomes route
+the ids of every sharded table to their owner ranks -> gather -> route embeddings back, one
+exchange for all tables. Only that step (`lookup_tables`) is overridden.
 """
 
 from __future__ import annotations
@@ -17,6 +18,8 @@ from dataclasses import dataclass
 
 import torch
 from torch import Tensor, nn
+
+INIT_STD = 1e-4  # normal init of every embedding row, local or sharded
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -61,7 +64,6 @@ def table_configs(meta: Mapping, embedding_dim: int, features: Iterable[str] | N
 @dataclass
 class EmbeddingOutput:
     embeddings: dict[str, Tensor]  # feature -> ids.shape + (D,)
-    l2: Tensor  # scalar: sum of squares of the unique non-padding rows this lookup touched
 
 
 @dataclass
@@ -83,13 +85,12 @@ class EmbeddingCollection(nn.Module):
         out = EmbeddingCollection(tables)({"item": ids_b, "hist_item": ids_b_l})
         out.embeddings["item"]       # B x 16
         out.embeddings["hist_item"]  # B x L x 16
-        out.l2                       # sum of squares of the unique rows of ids_b and ids_b_l, row 0 excluded
 
-    `l2` is DIN's mini-batch aware regulariser: only rows the batch touched, each once, so it
-    costs O(batch) even for 100M-row tables.
+    Small initial values (std 1e-4, as FuxiCTR's): with the tables' L2 (`model.embedding_l2`) a
+    row's values come from its gradients, not from its random start (benchmarks/results/peer-parity.md).
     """
 
-    def __init__(self, tables: Sequence[TableConfig], init_std: float = 0.01) -> None:
+    def __init__(self, tables: Sequence[TableConfig], init_std: float = INIT_STD) -> None:
         super().__init__()
         self.table_configs = list(tables)
         self.tables = nn.ModuleDict(
@@ -99,17 +100,20 @@ class EmbeddingCollection(nn.Module):
             nn.init.normal_(table.weight, std=init_std)
 
     def forward(self, features: Mapping[str, Tensor]) -> EmbeddingOutput:
+        ids = {config.name: dedupe(config, features) for config in self.table_configs}
+        rows = self.lookup_tables({name: unique.values for name, unique in ids.items()})  # table -> U x D
         embeddings: dict[str, Tensor] = {}
-        l2_per_table = []
         for config in self.table_configs:
-            ids = dedupe(config, features)
-            rows = self.lookup_rows(config.name, ids.values)  # U x D
-            l2_per_table.append(unique_rows_l2(ids.values, rows))
-            embeddings.update(expand_to_features(config, ids, rows))
-        return EmbeddingOutput(embeddings=embeddings, l2=torch.stack(l2_per_table).sum())
+            embeddings.update(expand_to_features(config, ids[config.name], rows[config.name]))
+        return EmbeddingOutput(embeddings=embeddings)
+
+    def lookup_tables(self, unique_ids: Mapping[str, Tensor]) -> dict[str, Tensor]:
+        """The rows of every table's unique ids (table -> U x D): the step a sharded collection
+        replaces (it routes all its sharded tables' ids in one exchange)."""
+        return {table: self.lookup_rows(table, ids) for table, ids in unique_ids.items()}
 
     def lookup_rows(self, table: str, unique_ids: Tensor) -> Tensor:
-        """The rows of `unique_ids` (U) of one table: U x D. The step a sharded collection replaces."""
+        """The rows of `unique_ids` (U) of one local table: U x D."""
         return self.tables[table](unique_ids)
 
 
@@ -120,12 +124,6 @@ def dedupe(config: TableConfig, features: Mapping[str, Tensor]) -> UniqueIds:
     ids = [features[name] for name in config.feature_names]
     values, inverse = torch.unique(torch.cat([i.reshape(-1) for i in ids]), return_inverse=True)
     return UniqueIds(values=values, inverse=inverse, shapes=[i.shape for i in ids])
-
-
-def unique_rows_l2(unique_ids: Tensor, rows: Tensor) -> Tensor:
-    """Sum of squares of the looked-up rows, the padding row 0 excluded."""
-    # A mask rather than slicing off row 0: no host sync to look at the ids (cheap on GPU).
-    return (rows.square().sum(-1) * (unique_ids != 0)).sum()
 
 
 def expand_to_features(config: TableConfig, ids: UniqueIds, rows: Tensor) -> dict[str, Tensor]:

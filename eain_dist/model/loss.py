@@ -1,13 +1,18 @@
-"""The CTR objective: BCE on logits plus λ times a squared L2 penalty.
+"""The CTR objective: BCE on logits plus L2 on the dense weights and on the embedding tables.
 
-    total = mean BCE(sigmoid(logits), labels) + λ (Σ ||W||² over dense weight matrices + embedding_l2)
+    total = mean BCE(sigmoid(logits), labels) + (λ / 2) Σ ||W||² + (λ_emb / 2) Σ_tables ||E||²
 
-Dense weights are the parameters with two or more dimensions outside `model.embeddings`
-(Linear weights, PAIM's cross matrices, learned positions). Biases, LayerNorm/BatchNorm
-affine parameters and scalar gates are left out, as is usual for weight decay: they set offsets
-and scales, not feature interactions, and shrinking them only biases the model. Embedding tables
-are never summed whole; `embedding_l2` is the lookup's sum over the unique rows a batch touched
-(DIN's mini-batch aware regulariser), so the loss costs O(batch) even with 100M-row tables.
+λ is `model.l2`, λ_emb `model.embedding_l2` (gradients λ W and λ_emb E, FuxiCTR's convention).
+Dense weights are the parameters with two or more dimensions outside `model.embeddings` (Linear
+weights, PAIM's cross matrices, learned positions). Biases, LayerNorm/BatchNorm affine
+parameters and scalar gates are left out, as is usual for weight decay: they set offsets and
+scales, not feature interactions, and shrinking them only biases the model.
+
+The tables' term covers every row of every table at every step. The tables `model.embeddings`
+holds as parameters (all of them in the local collection, the small replicated ones in the
+sharded one) get it here. Row-wise sharded tables are plain tensors outside autograd: their
+row-wise optimizer applies the same term, lazily, so that no step touches a whole 100M-row table
+(eain_dist/distributed/row_optimizers.py).
 """
 
 from __future__ import annotations
@@ -17,13 +22,23 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 
-def ctr_loss(logits: Tensor, labels: Tensor, embedding_l2: Tensor, model: nn.Module,
-             l2_weight: float) -> tuple[Tensor, Tensor]:
-    """-> (total, bce). `model` must hold its lookup as `model.embeddings` (all models here do)."""
-    bce = F.binary_cross_entropy_with_logits(logits, labels.to(logits.dtype))
-    if l2_weight == 0:
-        return bce, bce
-    return bce + l2_weight * (dense_l2(model) + embedding_l2), bce
+def ctr_loss(logits: Tensor, labels: Tensor, model: nn.Module, *, l2: float,
+             embedding_l2: float) -> tuple[Tensor, Tensor]:
+    """-> (total, bce). `model` must hold its lookup as `model.embeddings` (all models here do).
+
+    An empty batch (a rank whose data ran out) has BCE 0, still connected to the lookups (the
+    sharded tables' backward all-to-alls must run on every rank), and the same L2 as the others.
+    """
+    if len(labels) == 0:
+        bce = logits.sum() * 0.0
+    else:
+        bce = F.binary_cross_entropy_with_logits(logits, labels.to(logits.dtype))
+    total = bce
+    if l2:
+        total = total + l2 / 2 * squared_norm(dense_weights(model))
+    if embedding_l2:
+        total = total + embedding_l2 / 2 * squared_norm(list(model.embeddings.parameters()))
+    return total, bce
 
 
 def dense_weights(model: nn.Module) -> list[nn.Parameter]:
@@ -32,8 +47,7 @@ def dense_weights(model: nn.Module) -> list[nn.Parameter]:
     return [p for p in model.parameters() if p.dim() >= 2 and id(p) not in embedding_ids]
 
 
-def dense_l2(model: nn.Module) -> Tensor:
-    weights = dense_weights(model)
+def squared_norm(weights: list[Tensor]) -> Tensor:
     if not weights:
         return torch.zeros(())
     return torch.stack([w.square().sum() for w in weights]).sum()

@@ -1,50 +1,93 @@
-"""Exact evaluation metrics over a whole split: AUC, gAUC and logloss.
+"""Exact evaluation metrics over a whole split: AUC, gAUC and logloss, from logits.
 
-The trainer gathers every rank's (score, label, user) before calling these, so the figures are
-those of the whole split, never a mean of per-worker values.
+Scores are ranked by logit, never by a float32 sigmoid: every logit above ~17 rounds to 1.0
+in float32 and would tie. Each metric is a sum of parts that a rank computes on its own rows,
+so that the trainer can evaluate a split spread over W ranks without any rank holding it all
+(worker.evaluate routes the rows first; see there):
+
+    logloss   sum over rows                                     any rows on any rank
+    AUC       Mann-Whitney U = sum over positives of the negatives ranked below (ties half):
+              with the rows range-partitioned by logit, a rank adds the negatives of the
+              lower ranges to its own U
+    gAUC      sum over users of n_u AUC_u, and of n_u: all rows of a user on one rank
 """
 
 from __future__ import annotations
 
+from dataclasses import astuple, dataclass
+
 import numpy as np
 
+PROBABILITY_EPS = 1e-7  # logloss clips probabilities to [eps, 1 - eps]
 
-def auc(scores: np.ndarray, labels: np.ndarray) -> float:
-    """Area under the ROC curve (Mann-Whitney U, ties counted half)."""
+
+@dataclass
+class Parts:
+    """One rank's share of the metrics (sums over ranks give the whole split's)."""
+
+    u: float = 0.0  # Mann-Whitney U of the rank's rows, plus its positives x lower ranges' negatives
+    positives: float = 0.0
+    negatives: float = 0.0
+    gauc_weighted: float = 0.0  # sum over the rank's users (both classes) of n_u AUC_u
+    gauc_weight: float = 0.0  # sum over those users of n_u
+    logloss_sum: float = 0.0
+    rows: float = 0.0
+
+    def to_array(self) -> np.ndarray:
+        return np.array(astuple(self), dtype=np.float64)
+
+    @staticmethod
+    def from_array(values: np.ndarray) -> "Parts":
+        return Parts(*map(float, values))
+
+    def metrics(self) -> dict[str, float]:
+        pairs = self.positives * self.negatives
+        return {"auc": self.u / pairs if pairs else float("nan"),
+                "gauc": self.gauc_weighted / self.gauc_weight if self.gauc_weight else float("nan"),
+                "logloss": self.logloss_sum / self.rows if self.rows else float("nan"),
+                "impressions": int(self.rows)}
+
+
+def evaluate(logits: np.ndarray, labels: np.ndarray, users: np.ndarray) -> dict[str, float]:
+    """The metrics of rows all held here (one process)."""
+    parts = auc_parts(logits, labels, negatives_below=0)
+    parts.gauc_weighted, parts.gauc_weight = gauc_parts(logits, labels, users)
+    parts.logloss_sum, parts.rows = logloss_sum(logits, labels), len(labels)
+    return parts.metrics()
+
+
+def auc_parts(logits: np.ndarray, labels: np.ndarray, negatives_below: float) -> Parts:
+    """U of these rows, plus (their positives x `negatives_below`, the negatives of lower logits elsewhere)."""
     positives = labels > 0.5
     n_pos, n_neg = int(positives.sum()), int((~positives).sum())
-    if n_pos == 0 or n_neg == 0:
-        return float("nan")
-    ranks = _average_ranks(scores)
-    return float((ranks[positives].sum() - n_pos * (n_pos + 1) / 2) / (n_pos * n_neg))
+    u = 0.0
+    if n_pos:
+        u = float(_average_ranks(logits)[positives].sum() - n_pos * (n_pos + 1) / 2) + n_pos * negatives_below
+    return Parts(u=u, positives=n_pos, negatives=n_neg)
 
 
-def gauc(scores: np.ndarray, labels: np.ndarray, users: np.ndarray) -> float:
-    """Per-user AUC weighted by the user's impressions; users with one class are skipped."""
-    order = np.lexsort((scores, users))
-    users, scores, positives = users[order], scores[order], labels[order] > 0.5
+def gauc_parts(logits: np.ndarray, labels: np.ndarray, users: np.ndarray) -> tuple[float, float]:
+    """(sum of n_u AUC_u, sum of n_u) over the users with both classes; every row of a user must be here."""
+    if len(labels) == 0:
+        return 0.0, 0.0
+    order = np.lexsort((logits, users))
+    users, logits, positives = users[order], logits[order], labels[order] > 0.5
     user_start = _group_starts(users)
-    ranks = _average_ranks_within(users, scores, user_start)
+    ranks = _average_ranks_within(users, logits, user_start)
     group = np.cumsum(np.r_[True, users[1:] != users[:-1]]) - 1
     n = np.bincount(group)
     n_pos = np.bincount(group, weights=positives)
     n_neg = n - n_pos
     rank_sum = np.bincount(group, weights=ranks * positives)
     both = (n_pos > 0) & (n_neg > 0)
-    if not both.any():
-        return float("nan")
     per_user = (rank_sum[both] - n_pos[both] * (n_pos[both] + 1) / 2) / (n_pos[both] * n_neg[both])
-    return float(np.average(per_user, weights=n[both]))
+    return float((per_user * n[both]).sum()), float(n[both].sum())
 
 
-def logloss(probabilities: np.ndarray, labels: np.ndarray, eps: float = 1e-7) -> float:
-    p = np.clip(probabilities.astype(np.float64), eps, 1 - eps)
-    return float(-np.mean(labels * np.log(p) + (1 - labels) * np.log(1 - p)))
-
-
-def evaluate(probabilities: np.ndarray, labels: np.ndarray, users: np.ndarray) -> dict[str, float]:
-    return {"auc": auc(probabilities, labels), "gauc": gauc(probabilities, labels, users),
-            "logloss": logloss(probabilities, labels), "impressions": int(len(labels))}
+def logloss_sum(logits: np.ndarray, labels: np.ndarray) -> float:
+    """Sum of the rows' BCE, probabilities sigmoid(logit) in float64 clipped to [eps, 1 - eps]."""
+    p = np.clip(1.0 / (1.0 + np.exp(-logits.astype(np.float64))), PROBABILITY_EPS, 1 - PROBABILITY_EPS)
+    return float(-np.sum(labels * np.log(p) + (1 - labels) * np.log(1 - p)))
 
 
 def _average_ranks(values: np.ndarray) -> np.ndarray:

@@ -11,7 +11,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from eain_dist.config import Config, WandbConfig, to_dict
+from eain_dist.config import Config, WandbConfig, run_config_dict
 
 
 def wandb_mode(config: WandbConfig) -> str:
@@ -34,7 +34,7 @@ class Tracker:
 
         Path(run_dir).mkdir(parents=True, exist_ok=True)
         self.run = wandb.init(project=config.wandb.project, entity=config.wandb.entity, group=config.wandb.group,
-                              name=name, config=to_dict(config), mode=mode, dir=run_dir, reinit="finish_previous",
+                              name=name, config=run_config_dict(config), mode=mode, dir=run_dir, reinit="finish_previous",
                               settings=wandb.Settings(silent=True, console="off"))
 
     def log(self, values: dict, step: int) -> None:
@@ -56,7 +56,7 @@ class Tracker:
 
 
 def plot_curves(history: list[dict], loss_curve: list[tuple[int, float]], path: str) -> None:
-    """Training loss per step and validation AUC / gAUC per epoch, side by side (PNG)."""
+    """Training loss and validation AUC / gAUC (one point per evaluation) by step, side by side (PNG)."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -67,10 +67,10 @@ def plot_curves(history: list[dict], loss_curve: list[tuple[int, float]], path: 
         steps, losses = zip(*loss_curve)
         left.plot(steps, losses, color="tab:blue")
     left.set(title="training loss (BCE)", xlabel="step", ylabel="loss")
-    epochs = [h["epoch"] for h in history]
-    right.plot(epochs, [h["valid_auc"] for h in history], marker="o", label="valid AUC")
-    right.plot(epochs, [h["valid_gauc"] for h in history], marker="s", label="valid gAUC")
-    right.set(title="validation", xlabel="epoch", ylabel="AUC")
+    steps = [h["steps"] for h in history]
+    right.plot(steps, [h["valid_auc"] for h in history], marker="o", label="valid AUC")
+    right.plot(steps, [h["valid_gauc"] for h in history], marker="s", label="valid gAUC")
+    right.set(title="validation", xlabel="step", ylabel="AUC")
     right.legend()
     figure.tight_layout()
     figure.savefig(path, dpi=110)

@@ -1,7 +1,7 @@
 """`eain train` on the driver: datasets, the TorchTrainer, and the run directory.
 
-    <train.run_dir>/config.yaml    the fully resolved config
-    <train.run_dir>/metrics.json   valid / test metrics (at the best validation epoch), throughput
+    <train.run_dir>/config.yaml    the fully resolved config (the sections a run reads)
+    <train.run_dir>/metrics.json   valid / test metrics (at the best evaluation), throughput, rows per rank
     <train.run_dir>/curves.png     training loss and validation AUC
     <train.run_dir>/checkpoints/   BEST and LATEST: pointers to checkpoints in Ray's storage
 """
@@ -14,18 +14,17 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import ray
-import ray.data
 import ray.train
 from ray.train.torch import TorchTrainer
 
-from eain_dist.config import Config, dump_yaml, load_config, to_dict
+from eain_dist.config import Config, dump_run_yaml, load_config, to_dict
 from eain_dist.data.errors import InputError
-from eain_dist.data.fs import filesystem_for, pyarrow_filesystem
+from eain_dist.data.fs import filesystem_for
+from eain_dist.data.pipeline import SCHEMA_VERSION
 from eain_dist.runtime import is_local
+from eain_dist.train.data import SPLITS, EqualSharesDataConfig, datasets
 from eain_dist.train.loop import evaluate_loop_per_worker, train_loop_per_worker
 from eain_dist.train.tracking import plot_curves
-
-SPLITS = ("train", "valid", "test")
 
 
 @dataclass
@@ -35,46 +34,17 @@ class TrainResult:
     checkpoint_path: str | None
 
 
-class WholeSplitDataConfig(ray.train.DataConfig):
-    """Ray Train's DataConfig, but shards that cover every row.
-
-    The stock one splits with `streaming_split(equal=True)`, which drops up to W-1 rows per
-    epoch to make the shards equal: wrong for exact evaluation metrics, and a silent loss in
-    training. Uneven shards are fine here: ranks that run out step with empty batches.
-    (Mirrors DataConfig.configure of Ray 2.60, the pinned version.)
-    """
-
-    def configure(self, datasets, world_size, worker_handles, worker_node_ids, **kwargs):
-        output = [{} for _ in range(world_size)]
-        to_split = set(datasets) if self._datasets_to_split == "all" else set(self._datasets_to_split)
-        locality_hints = worker_node_ids if self._enable_shard_locality else None
-        for name, dataset in datasets.items():
-            if dataset.name is None:
-                dataset.set_name(name)
-            dataset = dataset.copy(dataset)
-            dataset.context.execution_options = self._resolve_execution_options(name)
-            if name in to_split:
-                shards = dataset.streaming_split(world_size, equal=False, locality_hints=locality_hints)
-            else:
-                shards = [dataset.iterator() for _ in range(world_size)]
-            for rank, shard in enumerate(shards):
-                output[rank][name] = shard
-        return output
-
-
 def read_meta(config: Config) -> dict:
+    """The prepared dataset's meta.json; an InputError unless it is of this version's schema."""
     fs, path = filesystem_for(config.data.output, config.data.s3)
     if not fs.exists(f"{path}/meta.json"):
         raise InputError(f"{config.data.output}/meta.json not found: run `eain prepare` first (data.output)")
     with fs.open(f"{path}/meta.json") as handle:
-        return json.load(handle)
-
-
-def datasets(config: Config) -> dict[str, ray.data.Dataset]:
-    arrow_fs, path = pyarrow_filesystem(config.data.output, config.data.s3)
-    # Reading Parquet is light work: half a CPU per read task fits beside the training workers.
-    return {split: ray.data.read_parquet(f"{path}/{split}", filesystem=arrow_fs, ray_remote_args={"num_cpus": 0.5})
-            for split in SPLITS}
+        meta = json.load(handle)
+    if meta.get("schema_version") != SCHEMA_VERSION:
+        raise InputError(f"{config.data.output} was prepared with schema_version {meta.get('schema_version')}, "
+                         f"this eain reads {SCHEMA_VERSION}: run `eain prepare` again")
+    return meta
 
 
 def train(config: Config, log=print, callbacks: list | None = None, ray_run_name: str | None = None) -> TrainResult:
@@ -86,7 +56,7 @@ def train(config: Config, log=print, callbacks: list | None = None, ray_run_name
     run_dir.mkdir(parents=True, exist_ok=True)
     (run_dir / "fault-injected").unlink(missing_ok=True)
     (run_dir / "metrics.json").unlink(missing_ok=True)  # present only once this run has finished
-    (run_dir / "config.yaml").write_text(dump_yaml(config))
+    (run_dir / "config.yaml").write_text(dump_run_yaml(config))
     # A fresh Ray run name unless the caller resumes one: Ray Train resumes a run whose name has state.
     ray_run_name = ray_run_name or f"{run_dir.name}-{time.strftime('%Y%m%d-%H%M%S')}"
     trainer = TorchTrainer(
@@ -98,10 +68,10 @@ def train(config: Config, log=print, callbacks: list | None = None, ray_run_name
         run_config=ray.train.RunConfig(
             name=ray_run_name, storage_path=config.train.storage_path or str(run_dir / "ray"), callbacks=callbacks,
             failure_config=ray.train.FailureConfig(max_failures=config.train.max_failures),
-            checkpoint_config=ray.train.CheckpointConfig(
-                num_to_keep=2, checkpoint_score_attribute="valid_auc", checkpoint_score_order="max")),
-        datasets=datasets(config),
-        dataset_config=WholeSplitDataConfig(),
+            checkpoint_config=ray.train.CheckpointConfig(  # see loop._report
+                num_to_keep=2, checkpoint_score_attribute="selection_rank", checkpoint_score_order="max")),
+        datasets=datasets(config, meta),
+        dataset_config=EqualSharesDataConfig(),
     )
     log(f"train: {config.model.name} on {config.data.output} with {config.train.num_workers} worker(s)")
     result = trainer.fit()
@@ -120,21 +90,22 @@ def _worker_resources(config: Config) -> dict:
 
 def _write_run_dir(run_dir: Path, config: Config, result) -> TrainResult:
     state = result.return_value
-    best = next(h for h in state["history"] if h["epoch"] == state["best_epoch"])
-    last = state["history"][-1]
+    best = state["history"][state["best_evaluation"] - 1]
+    last = ([h for h in state["history"] if h["epoch_done"]] or state["history"])[-1]  # the last whole epoch
     metrics = {
         "valid": {k: best[f"valid_{k}"] for k in ("auc", "gauc", "logloss")},
         "test": {k: best[f"test_{k}"] for k in ("auc", "gauc", "logloss")},
         "train": {"samples_per_s": last["samples_per_s"], "epochs": state["epoch"], "steps": state["steps"],
-                  "best_epoch": state["best_epoch"], "restarts": state["restarts"]},
+                  "best_epoch": best["epoch"], "best_steps": best["steps"], "best_evaluation": state["best_evaluation"],
+                  "restarts": state["restarts"], "samples_per_rank": last["samples_per_rank"]},
         "world_size": config.train.num_workers,
         "model": config.model.name,
-        "history": state["history"],
+        "history": state["history"],  # one row per evaluation
         "loss_curve": state["loss_curve"],  # [step, mean training loss of the last log_every_steps]
     }
     (run_dir / "metrics.json").write_text(json.dumps(metrics, indent=2))
     plot_curves(state["history"], [tuple(p) for p in state["loss_curve"]], str(run_dir / "curves.png"))
-    best_checkpoint = result.get_best_checkpoint(metric="valid_auc", mode="max")
+    best_checkpoint = next(c for c, m in result.best_checkpoints if m["evaluation"] == state["best_evaluation"])
     (run_dir / "checkpoints").mkdir(exist_ok=True)
     (run_dir / "checkpoints" / "BEST").write_text(f"{best_checkpoint.path}\n")
     (run_dir / "checkpoints" / "LATEST").write_text(f"{result.checkpoint.path}\n")
@@ -158,8 +129,8 @@ def evaluate_run(run_dir: str, split: str, config_overrides: list[str] | None = 
                                                resources_per_worker=_worker_resources(config)),
         run_config=ray.train.RunConfig(name=f"evaluate-{time.strftime('%Y%m%d-%H%M%S')}",
                                        storage_path=config.train.storage_path or str(run.resolve() / "ray")),
-        datasets={split: datasets(config)[split]},
-        dataset_config=WholeSplitDataConfig(),
+        datasets=datasets(config, meta, (split,), training=False),
+        dataset_config=EqualSharesDataConfig(),
     )
     log(f"evaluate: {run_dir} on {split} with {config.train.num_workers} worker(s)")
     return trainer.fit().return_value

@@ -1,7 +1,7 @@
-"""One worker's pieces of training: the model with its sharded tables, a step, an evaluation.
+"""One worker of a run: the model with its sharded tables and optimizers, its batches, a step.
 
 Kept apart from Ray so that tests can drive them from plain torch.distributed processes; the
-Ray Train loop (loop.py) strings them together.
+Ray Train loop (loop.py) strings them together, and evaluation.py evaluates with them.
 """
 
 from __future__ import annotations
@@ -9,7 +9,6 @@ from __future__ import annotations
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 
-import numpy as np
 import pyarrow as pa
 import torch
 import torch.distributed as dist
@@ -18,11 +17,11 @@ from torch.nn.parallel import DistributedDataParallel
 
 from eain_dist.config import Config
 from eain_dist.data.loader import empty_batch, to_device, to_tensors
-from eain_dist.distributed.collectives import all_gather_arrays, any_rank
-from eain_dist.distributed.sharded_embedding import RowShard, RowWiseAdagrad, RowWiseAdam, ShardedEmbeddingCollection
+from eain_dist.distributed.collectives import any_rank
+from eain_dist.distributed.row_optimizers import RowWiseAdagrad, RowWiseAdam
+from eain_dist.distributed.sharded_embedding import RowShard, ShardedEmbeddingCollection
 from eain_dist.model.loss import ctr_loss
 from eain_dist.model.registry import build_model_with_embeddings, model_tables
-from eain_dist.train import metrics
 
 
 @dataclass
@@ -53,9 +52,8 @@ def build_worker(config: Config, meta: dict, device: torch.device) -> Worker:
 
 
 def _row_optimizer(config: Config):
-    if config.train.embedding_optimizer == "adam":
-        return RowWiseAdam(lr=config.train.embedding_lr)
-    return RowWiseAdagrad(lr=config.train.embedding_lr)
+    optimizer = RowWiseAdam if config.train.embedding_optimizer == "adam" else RowWiseAdagrad
+    return optimizer(lr=config.train.embedding_lr, weight_decay=config.model.embedding_l2)
 
 
 def placement_plan(worker: Worker) -> list[str]:
@@ -90,7 +88,8 @@ def train_step(worker: Worker, batch: dict[str, torch.Tensor]) -> float:
     """One step on every rank; returns this rank's mean BCE (nan for an empty batch)."""
     worker.ddp.train()
     out = worker.ddp(batch)
-    loss, bce = _loss(worker, out, batch)
+    model = worker.config.model
+    loss, bce = ctr_loss(out.logits, batch["label"], worker.model, l2=model.l2, embedding_l2=model.embedding_l2)
     worker.dense_optimizer.zero_grad(set_to_none=True)
     loss.backward()
     worker.dense_optimizer.step()
@@ -98,26 +97,3 @@ def train_step(worker: Worker, batch: dict[str, torch.Tensor]) -> float:
     # gradient, so the same 1/W keeps both on the gradient of the global mean loss.
     worker.collection.step(grad_scale=1.0 / dist.get_world_size())
     return float(bce.detach()) if len(batch["label"]) else float("nan")
-
-
-def _loss(worker: Worker, out, batch) -> tuple[torch.Tensor, torch.Tensor]:
-    if len(batch["label"]) == 0:
-        # Zero, but still connected to the lookups: the backward all-to-alls must run here too.
-        connected = out.logits.sum() * 0.0 + out.embedding_l2 * 0.0
-        return connected, connected
-    return ctr_loss(out.logits, batch["label"], out.embedding_l2, worker.model, worker.config.model.l2)
-
-
-@torch.no_grad()
-def evaluate(worker: Worker, batches: Iterable[pa.Table]) -> dict[str, float]:
-    """Exact metrics over the whole split: every rank's predictions are gathered first."""
-    worker.ddp.eval()
-    parts = {"p": [], "label": [], "user": []}
-    for batch in synchronized_batches(batches, worker):
-        logits = worker.model(batch).logits
-        parts["p"].append(torch.sigmoid(logits).double().cpu().numpy())
-        parts["label"].append(batch["label"].cpu().numpy())
-        parts["user"].append(batch["user"].cpu().numpy())
-    local = {k: np.concatenate(v) if v else np.zeros(0) for k, v in parts.items()}
-    everything = all_gather_arrays(local, worker.device)
-    return metrics.evaluate(everything["p"], everything["label"], everything["user"].astype(np.int64))
