@@ -1,7 +1,7 @@
 """`eain score` of a 1M-row split against the model's forward-only rate in one process (CPU).
 
 Setup (CPU-heavy, not timed; run it under /work/tools/heavy), once:
-    generated 2023-format reviews -> `eain prepare` (benchmarks/train.py's dataset: history 50,
+    generated 2023-format reviews -> `eain prepare` (benchmarks/train_data.py's dataset: history 50,
     1 uniform negative) -> the first --rows rows of its train split as the input folder (4 files)
     -> `eain train` 1 epoch of EAIN (default config, dim 16, 1 worker): the run that is scored.
 
@@ -37,9 +37,9 @@ import time
 from itertools import islice
 from pathlib import Path
 
-from train import ROOT, ensure_dataset, machine_info, parquet_batches  # benchmarks/train.py
+from common import ROOT, machine_info, write_results
+from train_data import ensure_dataset, parquet_batches
 
-RESULTS = Path(__file__).parent / "results"
 EAIN = Path(sys.executable).parent / "eain"
 TARGET_RATIO = 0.7
 FILES = 4
@@ -247,16 +247,15 @@ def main() -> None:
             result = forward_arm(args.work, args.rows, int(threads), int(batch_size))
         args.child_out.write_text(json.dumps(result))
         return
-    machine = machine_info()
+    machine = machine_info("torch", "ray", "pyarrow")
     results = [run_child(args, arm) for arm in ARMS]
     report = {"machine": machine, "results": results, "rows": args.rows, "reviews": args.reviews,
               "command": "/work/tools/quiet python benchmarks/score.py",
               "setup_command": "/work/tools/heavy python benchmarks/score.py --setup",
               "load_average_at_end": os.getloadavg(), "notes": args.note}
-    RESULTS.mkdir(exist_ok=True)
-    (RESULTS / "score.json").write_text(json.dumps(report, indent=2))
-    (RESULTS / "score.md").write_text(to_markdown(report))
-    print((RESULTS / "score.md").read_text())
+    markdown = to_markdown(report)
+    write_results("score", report, markdown)
+    print(markdown)
 
 
 if __name__ == "__main__":

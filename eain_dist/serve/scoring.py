@@ -5,8 +5,8 @@
                                              mapped and checked, `to_tensors`, forward
       -> write_parquet(staging)              write tasks, in parallel; moved into place at the end
 
-Output: `user`, `item` (raw ids), `score` (sigmoid of the logit, float32, as `eain evaluate`
-computes it), `logit`, then the input's other columns (`label`, `request_id`, `timestamp`, ...).
+Output: `user`, `item` (raw ids), `score` (sigmoid of the logit, float32), `logit` (float32, what
+`eain evaluate` ranks by), then the input's other columns (`label`, `request_id`, `timestamp`, ...).
 """
 
 from __future__ import annotations
