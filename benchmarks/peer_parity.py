@@ -64,8 +64,14 @@ def prepared_rows(args, work: Path, skive_above: bool) -> Path:
     out = work / ("prepared" if skive_above else "prepared-no-skive")
     if not (out / "meta.json").exists():
         run(eain("prepare", "--config", args.config, "--set", f"data.output={out}",
-                 "--set", f"sampling.skive_above={str(skive_above).lower()}"), work / f"{out.name}.log")
+                 *rows_settings("prepared" if skive_above else "prepared_no_skive")), work / f"{out.name}.log")
     return out
+
+
+def rows_settings(rows: str) -> list[str]:
+    """The sampling settings that made a set of rows: `eain compare` re-prepares a dataset whose
+    data or sampling settings differ from its own, so it must be given the same ones."""
+    return ["--set", "sampling.skive_above=false"] if rows == "prepared_no_skive" else []
 
 
 def converted_rows(reference: Path, template: Path, work: Path) -> Path:
@@ -94,7 +100,7 @@ def fuxictr_runs(args, reference: Path, work: Path) -> list[dict]:
     if not models or args.skip_fuxictr:
         return []
     python, runs = fuxictr_python(args, work), []
-    for seed in FUXICTR_SEEDS[: args.seeds]:
+    for seed in FUXICTR_SEEDS[: args.fuxictr_seeds or args.seeds]:
         out = work / f"fuxictr-seed{seed}.jsonl"
         done = [json.loads(line) for line in out.read_text().splitlines()] if out.exists() else []
         if sorted(r["model"] for r in done) != sorted(models):
@@ -106,16 +112,18 @@ def fuxictr_runs(args, reference: Path, work: Path) -> list[dict]:
     return runs
 
 
-def project_runs(args, data: Path, rows: str, models: list[str], work: Path) -> list[dict]:
-    """`eain compare` on one set of rows; its results.json rows (one per model, every seed)."""
+def project_runs(args, data: Path, rows: str, models: list[str], work: Path, seeds: int) -> list[dict]:
+    """`eain compare --seeds N` on one set of rows; its results.json rows (one per model, every seed)."""
     if not models:
         return []
-    output = work / f"compare-{rows}"
-    run(eain("compare", "--config", args.config, "--models", ",".join(models), "--seeds", str(args.seeds),
-             "--resume", "--set", f"data.output={data}", "--set", f"compare.output={output}",
+    # Paths relative to the checkout (every step runs there): a run's config.yaml, which
+    # --resume compares, then does not depend on where the checkout lies.
+    output, data = os.path.relpath(work / f"compare-{rows}", ROOT), os.path.relpath(data, ROOT)
+    run(eain("compare", "--config", args.config, "--models", ",".join(models), "--seeds", str(seeds),
+             "--resume", "--set", f"data.output={data}", "--set", f"compare.output={output}", *rows_settings(rows),
              "--set", f"compare.name=peer-parity-{rows}", *sum((["--set", s] for s in args.set), [])),
         work / f"compare-{rows}.log")
-    return json.loads((output / "results.json").read_text())["runs"]
+    return json.loads((ROOT / output / "results.json").read_text())["runs"]
 
 
 def spread(values: list[float]) -> dict:
@@ -180,7 +188,7 @@ def to_markdown(report: dict) -> str:
     columns = [("fuxictr", "FuxiCTR 2.3.10, reference rows"), ("reference", "eain, reference rows"),
                ("prepared", "eain, `eain prepare` rows"), ("prepared_no_skive", "eain, prepare rows without Skive-Above")]
     lines = [f"# {report['name']}: the project beside FuxiCTR on the same rows", "",
-             f"`{report['command']}` ({report['data']}; {report['seeds']} seed(s) per cell: mean ± std (n); each run "
+             f"`{report['command']}` ({report['data']}; seeds per cell: {report['seeds']}; mean ± std (n); each run "
              "stopped and selected on validation AUC only; test AUC at the best validation evaluation).", "",
              "## Test AUC", "", "| model | " + " | ".join(title for _, title in columns) + " |",
              "|---|" + "---:|" * len(columns)]
@@ -206,14 +214,19 @@ def main() -> None:
     parser.add_argument("--source", default=str(GROCERY / "interactions.tsv"), help="reviews for the reference rows")
     parser.add_argument("--meta", default=str(GROCERY / "item_meta.tsv"))
     parser.add_argument("--models", default="lr,mf,dnn,din,eain")
+    parser.add_argument("--prepared-models", default=None, help="models trained on prepare's rows (default --models)")
     parser.add_argument("--skive-models", default="dnn,eain", help="also trained on prepare's rows without Skive-Above")
-    parser.add_argument("--seeds", type=int, default=3)
+    parser.add_argument("--seeds", type=int, default=3, help="seeds per model on the reference rows")
+    parser.add_argument("--prepared-seeds", type=int, default=0, help="seeds per model on prepare's rows (0 = --seeds)")
     parser.add_argument("--set", action="append", default=[], help="extra eain overrides, key=value")
     parser.add_argument("--work", default=str(ROOT / "benchmarks" / "work" / "peer-parity"))
     parser.add_argument("--fuxictr-python", default=None, help="a python with fuxictr==2.3.10 and polars<2")
+    parser.add_argument("--fuxictr-seeds", type=int, default=0, help="FuxiCTR runs per model (0 = --seeds)")
     parser.add_argument("--skip-fuxictr", action="store_true")
     args = parser.parse_args()
     args.models = [m for m in args.models.split(",") if m]
+    args.prepared_models = args.models if args.prepared_models is None else [
+        m for m in args.prepared_models.split(",") if m]
     work = Path(args.work).resolve()
     work.mkdir(parents=True, exist_ok=True)
 
@@ -223,16 +236,18 @@ def main() -> None:
     converted = converted_rows(reference, prepared, work)
     fuxictr = fuxictr_runs(args, reference, work)
     skive_models = [m for m in args.skive_models.split(",") if m in args.models]
-    project = {"reference": project_runs(args, converted, "reference", args.models, work),
-               "prepared": project_runs(args, prepared, "prepared", args.models, work),
-               "prepared_no_skive": project_runs(args, no_skive, "prepared_no_skive", skive_models, work)
-               if no_skive else []}
+    prepared_seeds = args.prepared_seeds or args.seeds
+    project = {"reference": project_runs(args, converted, "reference", args.models, work, args.seeds),
+               "prepared": project_runs(args, prepared, "prepared", args.prepared_models, work, prepared_seeds),
+               "prepared_no_skive": project_runs(args, no_skive, "prepared_no_skive", skive_models, work,
+                                                 prepared_seeds) if no_skive else []}
     table = summarize(fuxictr, project)
     report = {"name": args.name, "command": "python benchmarks/peer_parity.py " + " ".join(sys.argv[1:]),
-              "data": f"{Path(args.source).name} via {args.config}", "seeds": args.seeds, "table": table,
+              "data": f"{Path(args.source).name} via {args.config}",
+              "seeds": f"{args.seeds} on the reference rows, {prepared_seeds} on prepare's rows", "table": table,
               "targets": targets(table), "fuxictr_runs": fuxictr, "project_runs": project,
               "settings": f"eain: {args.config} {' '.join(args.set)} (train.seed 0..{args.seeds - 1}); FuxiCTR: "
-                          f"run_fuxictr.py defaults, seeds {', '.join(map(str, FUXICTR_SEEDS[: args.seeds]))}"}
+                          f"run_fuxictr.py defaults, seeds {', '.join(map(str, FUXICTR_SEEDS[: args.fuxictr_seeds or args.seeds]))}"}
     RESULTS.mkdir(exist_ok=True)
     (RESULTS / f"{args.name}.json").write_text(json.dumps(report, indent=2))
     markdown = to_markdown(report)

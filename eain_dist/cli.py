@@ -278,12 +278,18 @@ def _prepare_unless_current(config: Config) -> None:
         if "fingerprint" not in meta.get("sources", {}):  # e.g. the peer's rows, converted
             print(f"using the prepared dataset {config.data.output} as it is (not written by eain prepare)")
             return
-        made_by, wanted = meta.get("config", {}), to_dict(config)
-        if meta.get("schema_version") == SCHEMA_VERSION and all(
-                made_by.get(section) == wanted[section] for section in ("data", "sampling")):
+        if meta.get("schema_version") == SCHEMA_VERSION and (
+                _preparation_settings(meta.get("config", {})) == _preparation_settings(to_dict(config))):
             print(f"using the prepared dataset {config.data.output} (same data and sampling settings)")
             return
     _prepare_and_report(config)
+
+
+def _preparation_settings(config: dict) -> tuple:
+    """What makes a prepared dataset: the data and sampling sections, less where it was written
+    (the same dataset named by a relative or an absolute path is the same dataset)."""
+    data = {key: value for key, value in config.get("data", {}).items() if key != "output"}
+    return data, config.get("sampling")
 
 
 def _run(args) -> int:

@@ -2,7 +2,8 @@
 
 Every model, and with `--ablations` EAIN without each of its blocks, is trained by the same
 `train()` (the same Ray Train path, sharded tables and all) on the same prepared data, with the
-same epochs, early stopping, optimizer and seed. Only `model.*` differs between the runs.
+same epochs, early stopping, optimizer and seed. Only `model.*` differs between the runs, and
+the train settings a model is given in `compare.model_train` (MF's learning-rate decay).
 
     <compare.output>/
       <variant>/        each run's directory (config.yaml, metrics.json, curves.png, checkpoints/);
@@ -23,7 +24,7 @@ import statistics
 from dataclasses import dataclass
 from pathlib import Path
 
-from eain_dist.config import Config, ConfigError, dump_run_yaml, load_config, to_dict
+from eain_dist.config import Config, ConfigError, dump_run_yaml, load_config, to_dict, train_for_model
 from eain_dist.model.config import MODEL_NAMES
 
 BASELINES = ("lr", "mf", "dnn", "din")
@@ -74,7 +75,7 @@ def variant_config(config: Config, variant: Variant, seed: int | None = None) ->
     if variant.switched_off:
         model = dataclasses.replace(model, **{variant.switched_off: False})
     name = variant.name if seed is None else f"{variant.name}-seed{seed}"
-    train = dataclasses.replace(config.train, run_dir=str(Path(config.compare.output) / name),
+    train = dataclasses.replace(train_for_model(config, variant.model), run_dir=str(Path(config.compare.output) / name),
                                 storage_path=_storage_for(config, name),
                                 seed=config.train.seed if seed is None else seed)
     wandb = dataclasses.replace(config.wandb, group=config.wandb.group or config.compare.name)

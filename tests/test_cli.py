@@ -146,3 +146,13 @@ def test_default_yaml_spells_out_the_embedded_default():
     from eain_dist.config import Config, load_config
 
     assert load_config(ROOT / "configs" / "default.yaml") == Config()
+
+
+def test_a_dataset_is_current_wherever_it_was_written_but_not_after_a_sampling_change():
+    from eain_dist.cli import _preparation_settings
+    from eain_dist.config import load_config, to_dict
+
+    made = to_dict(load_config(overrides=["data.output=/abs/work/prepared"]))
+    assert _preparation_settings(made) == _preparation_settings(to_dict(load_config(overrides=["data.output=work/prepared"])))
+    assert _preparation_settings(made) != _preparation_settings(to_dict(load_config(
+        overrides=["data.output=/abs/work/prepared", "sampling.skive_above=false"])))

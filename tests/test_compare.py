@@ -12,7 +12,7 @@ from eain_dist.cli import main
 from eain_dist.compare import (
     ABLATIONS, Variant, parameter_count, results_table, seeds, summarize_variant, variant_config, variants,
 )
-from eain_dist.config import load_config
+from eain_dist.config import ConfigError, load_config
 
 MODELS = ["lr", "mf", "din", "eain"]
 
@@ -41,6 +41,24 @@ def test_ablations_switch_off_one_block_each_and_nothing_else():
         # Everything but the switch (and the run's own directory) is the full model's config.
         assert ablated.model == type(full.model)(**{**vars(full.model), switch: False})
         assert ablated.train == type(full.train)(**{**vars(full.train), "run_dir": ablated.train.run_dir})
+
+
+def test_a_model_gets_its_own_train_settings_and_the_others_the_shared_ones():
+    config = load_config(overrides=["compare.output=out", "train.lr=0.002", "compare.model_train.mf.lr_decay=0.5",
+                                    "compare.model_train.mf.epochs=7"])
+    mf, dnn = variant_config(config, Variant("mf", "mf")).train, variant_config(config, Variant("dnn", "dnn")).train
+    assert (mf.lr_decay, mf.epochs, mf.lr) == (0.5, 7, 0.002)  # its settings on top of the shared train
+    assert dnn == type(dnn)(**{**vars(config.train), "run_dir": "out/dnn"})
+
+
+@pytest.mark.parametrize("setting, message", [
+    ("compare.model_train.mf.lr_decay=2", "compare.model_train.mf: train.lr_decay must be in"),
+    ("compare.model_train.mf.lr_dekay=0.1", "unknown config key compare.model_train.mf.lr_dekay"),
+    ("compare.model_train.svm.lr_decay=0.1", "compare.model_train: unknown model 'svm'"),
+])
+def test_bad_per_model_train_settings_are_one_line_errors(setting, message):
+    with pytest.raises(ConfigError, match=message):
+        load_config(overrides=[setting])
 
 
 def _fake_metrics(test_auc: float, valid_auc: float, best_epoch: int) -> dict:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -10,8 +11,10 @@ import torch
 
 from eain_dist.config import ConfigError, load_config
 from eain_dist.distributed.checkpoint import shard_files_to_read
+from eain_dist.distributed.row_optimizers import RowWiseAdagrad
 from eain_dist.train import metrics
 from eain_dist.train.loop import TrainingState
+from eain_dist.train.worker import Worker, set_learning_rates
 
 
 def pair_auc(scores: np.ndarray, labels: np.ndarray) -> float:
@@ -100,7 +103,23 @@ def test_patience_counts_evaluations_and_zero_never_stops():
     assert not state.patience_left(2) and state.patience_left(0)
 
 
+def test_each_evaluation_without_a_better_validation_auc_decays_every_learning_rate():
+    config = load_config(overrides=["train.lr=0.01", "train.embedding_lr=0.2", "train.lr_decay=0.1"])
+    weights = torch.nn.Linear(2, 1)
+    worker = Worker(model=weights, ddp=weights, collection=SimpleNamespace(optimizer=RowWiseAdagrad(lr=0.2)),
+                    dense_optimizer=torch.optim.Adam(weights.parameters(), lr=0.01), config=config, max_history=1,
+                    device=torch.device("cpu"))
+    state = TrainingState()
+    for auc in (0.70, 0.69, 0.72, 0.71, 0.70):  # two stalls after the best so far, one before it
+        state.record(row(auc))
+    assert state.stalls == 3
+    set_learning_rates(worker, config.train.lr_decay ** state.stalls)
+    assert math.isclose(worker.dense_optimizer.param_groups[0]["lr"], 1e-5)
+    assert math.isclose(worker.collection.optimizer.lr, 2e-4)
+
+
 @pytest.mark.parametrize("setting, message", [
+    ("train.lr_decay=0", "train.lr_decay must be in \\(0, 1\\]"),
     ("train.early_stopping_patience=-1", "train.early_stopping_patience must be >= 0 \\(0 = no early stopping\\)"),
     ("train.eval_every_steps=-5", "train.eval_every_steps must be >= 0"),
     ("train.shuffle=rows", "train.shuffle must be files, global or none"),

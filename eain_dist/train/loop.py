@@ -19,7 +19,8 @@ from eain_dist.distributed.collectives import gather_from_ranks
 from eain_dist.train.data import without_padding
 from eain_dist.train.evaluation import evaluate
 from eain_dist.train.tracking import Tracker
-from eain_dist.train.worker import Worker, build_worker, placement_plan, synchronized_batches, train_step
+from eain_dist.train.worker import (Worker, build_worker, placement_plan, set_learning_rates, synchronized_batches,
+                                     train_step)
 
 
 @dataclass
@@ -31,6 +32,7 @@ class TrainingState:
     restarts: int = 0  # times this run resumed from a checkpoint after a failure
     best_evaluation: int = 0  # 1-based index into `history` of the best validation AUC; 0 = none yet
     best_valid_auc: float = -math.inf
+    stalls: int = 0  # evaluations without a better validation AUC (each one decays the rates by train.lr_decay)
     history: list[dict] = field(default_factory=list)  # one row per evaluation
     loss_curve: list[tuple[int, float]] = field(default_factory=list)
 
@@ -43,6 +45,7 @@ class TrainingState:
                                                                    or auc > self.best_valid_auc)):
             self.best_evaluation, self.best_valid_auc = len(self.history), auc
             return True
+        self.stalls += 1
         return False
 
     def patience_left(self, patience: int) -> bool:
@@ -132,6 +135,7 @@ def _evaluate_and_report(worker: Worker, state: TrainingState, tracker: Tracker,
            "epoch_done": epoch_done, "steps": state.steps, **training,
            **_prefixed("valid", valid), **_prefixed("test", test)}
     is_best = state.record(row)
+    set_learning_rates(worker, config.train.lr_decay ** state.stalls)
     tracker.log(row, step=state.steps)
     _report(worker, state, is_best)
     progress.evaluation_s += time.perf_counter() - started
@@ -164,6 +168,7 @@ def _restore(worker: Worker, saved) -> TrainingState:
     state = TrainingState(**checkpoint.load(saved.path, filesystem=saved.filesystem, model=worker.model,
                                             dense_optimizer=worker.dense_optimizer, collection=worker.collection))
     state.loss_curve = [tuple(p) for p in state.loss_curve]
+    set_learning_rates(worker, worker.config.train.lr_decay ** state.stalls)
     state.restarts += 1
     return state
 

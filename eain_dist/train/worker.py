@@ -51,6 +51,17 @@ def build_worker(config: Config, meta: dict, device: torch.device) -> Worker:
     return Worker(model, ddp, collection, dense_optimizer, config, meta["max_history"], device)
 
 
+def set_learning_rates(worker: Worker, scale: float) -> None:
+    """Dense and row-wise learning rates at `scale` times the configured ones (train.lr_decay).
+
+    The row-wise optimizers' lazy L2 shrinks a row for its idle steps at the rate in force when
+    the row is next updated: a close approximation while the rate changes only between epochs.
+    """
+    for group in worker.dense_optimizer.param_groups:
+        group["lr"] = worker.config.train.lr * scale
+    worker.collection.optimizer.lr = worker.config.train.embedding_lr * scale
+
+
 def _row_optimizer(config: Config):
     optimizer = RowWiseAdam if config.train.embedding_optimizer == "adam" else RowWiseAdagrad
     return optimizer(lr=config.train.embedding_lr, weight_decay=config.model.embedding_l2)
