@@ -79,6 +79,35 @@ def _parser() -> argparse.ArgumentParser:
                          help="reuse the finished runs in compare.output whose config is unchanged")
     compare.set_defaults(handler=_compare)
 
+    score = commands.add_parser("score", help="score Parquet rows with a run's best checkpoint (Ray Data) -> Parquet")
+    score.add_argument("--run", required=True, help="a run directory written by `eain train`")
+    score.add_argument("--input", required=True, help="Parquet file or folder: a prepared split, or raw-id rows")
+    score.add_argument("--output", default=None, help="Parquet folder, local or s3:// (default: <run>/scores/<input>)")
+    score.add_argument("--ids", default="auto", choices=("auto", "raw", "index"),
+                       help="raw ids (mapped through the run's vocabularies) or table indices; auto: by item's type")
+    _run_overrides(score)
+    score.set_defaults(handler=_score)
+
+    recommend = commands.add_parser("recommend", help="each user's top-K items among popular candidates -> Parquet")
+    recommend.add_argument("--run", required=True, help="a run directory written by `eain train`")
+    who = recommend.add_mutually_exclusive_group(required=True)
+    who.add_argument("--users", help="Parquet (column user) or text file (one id per line) of raw user ids")
+    who.add_argument("--all", action="store_true", help="every user of the run's prepared dataset")
+    recommend.add_argument("--top-k", type=int, default=None, help="items per user (serve.top_k)")
+    recommend.add_argument("--candidates", type=int, default=None,
+                           help="the N most popular items the user has not reviewed (serve.candidates)")
+    recommend.add_argument("--at", type=int, default=None,
+                           help="request time, unix seconds (serve.at; default: the latest interaction in the data)")
+    recommend.add_argument("--output", default=None, help="Parquet folder (default: <run>/recommendations)")
+    _run_overrides(recommend)
+    recommend.set_defaults(handler=_recommend)
+
+    export = commands.add_parser("export", help="one model directory: safetensors, config, vocabularies, meta")
+    export.add_argument("--run", required=True, help="a run directory written by `eain train`")
+    export.add_argument("--out", required=True, help="the model directory to write (local or s3://)")
+    _run_overrides(export)
+    export.set_defaults(handler=_export)
+
     run = commands.add_parser("run", help="the main job: generate (if needed) -> prepare -> train -> evaluate")
     _config_arguments(run, required=False)
     run.set_defaults(handler=_run)
@@ -89,6 +118,11 @@ def _config_arguments(parser: argparse.ArgumentParser, required: bool) -> None:
     parser.add_argument("--config", required=required, help="YAML file (configs/*.yaml)")
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                         help="override a config key, e.g. --set data.max_history=20")
+
+
+def _run_overrides(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                        help="override a key of the run's config (e.g. serve.actors=2, serve.use_gpu=true)")
 
 
 def _user_error(exc: BaseException) -> BaseException | None:
@@ -150,6 +184,49 @@ def _evaluate(args) -> int:
     init_ray(config.ray if config else Config().ray)
     values = evaluate_run(args.run, args.split, args.set)
     print(json.dumps({args.split: values}, indent=2))
+    return 0
+
+
+def _run_config(args, extra: list[str] = ()) -> Config:
+    """The run's config with --set overrides; starts Ray with its ray section."""
+    from eain_dist.runtime import init_ray
+
+    config_file = Path(args.run) / "config.yaml"
+    if not config_file.is_file():
+        raise InputError(f"{args.run} is not a run directory of `eain train` (no config.yaml)")
+    config = load_config(config_file, [*args.set, *extra])
+    init_ray(config.ray)
+    return config
+
+
+def _score(args) -> int:
+    from eain_dist.serve.scoring import score
+
+    _run_config(args)
+    result = score(args.run, args.input, args.output, args.set, ids=args.ids)
+    unknown = ", ".join(f"{name} {n:,}" for name, n in result.unknown.items()) or "none"
+    print(f"scored {result.rows:,} rows in {result.seconds:.1f} s ({result.rows_per_s:,.0f} rows/s, "
+          f"{result.actors} actor(s)) -> {result.output}\nunknown ids (scored as 0): {unknown}")
+    return 0
+
+
+def _recommend(args) -> int:
+    from eain_dist.serve.recommend import recommend
+
+    extra = [f"serve.{key}={value}" for key, value in
+             (("top_k", args.top_k), ("candidates", args.candidates), ("at", args.at)) if value is not None]
+    _run_config(args, extra)
+    result = recommend(args.run, None if args.all else args.users, args.output, [*args.set, *extra])
+    print(f"ranked {result.pairs:,} (user, item) pairs for {result.users:,} users in {result.seconds:.1f} s "
+          f"({result.pairs_per_s:,.0f} pairs/s, {result.actors} actor(s)) -> {result.output}\n"
+          f"users without a history (got the most popular items): {result.cold_users:,}")
+    return 0
+
+
+def _export(args) -> int:
+    from eain_dist.serve.export import export
+
+    export(args.run, args.out, args.set)
     return 0
 
 

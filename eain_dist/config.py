@@ -176,6 +176,24 @@ class CompareConfig:
 
 
 @dataclass(kw_only=True)
+class ServeConfig:
+    """`eain score` / `eain recommend`: using a trained run (eain_dist/serve/)."""
+
+    # Rows per model call (score), (user, candidate) pairs per call (recommend): what bounds an
+    # actor's activation memory (EAIN at dim 32: about 0.5 GiB at 1024, 2 GiB at 4096).
+    batch_size: int = 1024
+    actors: int = 0  # model replicas in Ray Data's actor pool; 0 = one per CPU (per GPU with use_gpu)
+    use_gpu: bool = False  # one GPU per actor
+    top_k: int = 10  # recommend: items per user
+    candidates: int = 1000  # recommend: the most popular items the user has not reviewed
+    users_per_batch: int = 16  # recommend: users per actor call (memory: x candidates x history)
+    at: int | None = None  # recommend: request time (unix s) for hour / weekday / gap; None = latest in data
+    # score with raw ids: fail when more than this fraction of user or item ids is not in the
+    # run's vocabulary (the input was made for another dataset); unknown ids score as id 0.
+    max_unknown_fraction: float = 0.5
+
+
+@dataclass(kw_only=True)
 class Config:
     data: DataConfig = field(default_factory=DataConfig)
     sampling: SamplingConfig = field(default_factory=SamplingConfig)
@@ -186,6 +204,7 @@ class Config:
     ray: RayConfig = field(default_factory=RayConfig)
     tune: TuneConfig = field(default_factory=TuneConfig)
     compare: CompareConfig = field(default_factory=CompareConfig)
+    serve: ServeConfig = field(default_factory=ServeConfig)
 
 
 FORMATS = ("auto", "amazon2014", "amazon2018", "amazon2023", "ratings_csv", "interactions_tsv")
@@ -266,10 +285,21 @@ def validate(config: Config) -> None:
     _require("://" not in config.compare.output,
              f"compare.output must be a local path (runs/...), got {config.compare.output!r}; "
              "put checkpoints on S3 with train.storage_path")
+    _validate_serve(config.serve)
     try:
         validate_model_config(config.model)
     except ValueError as exc:
         raise ConfigError(str(exc)) from None
+
+
+def _validate_serve(serve: ServeConfig) -> None:
+    for key in ("batch_size", "top_k", "candidates", "users_per_batch"):
+        _require(getattr(serve, key) >= 1, f"serve.{key} must be >= 1, got {getattr(serve, key)}")
+    _require(serve.top_k <= serve.candidates,
+             f"serve.top_k ({serve.top_k}) must be <= serve.candidates ({serve.candidates})")
+    _require(serve.actors >= 0, f"serve.actors must be >= 0 (0 = one per CPU or GPU), got {serve.actors}")
+    _require(0.0 <= serve.max_unknown_fraction <= 1.0,
+             f"serve.max_unknown_fraction must be in [0, 1], got {serve.max_unknown_fraction}")
 
 
 def train_for_model(config: Config, model: str) -> TrainConfig:

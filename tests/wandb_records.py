@@ -65,3 +65,18 @@ def read_run_info(path: Path) -> dict:
         if record.WhichOneof("record_type") == "run":
             return {"name": record.run.display_name, "group": record.run.run_group, "job_type": record.run.job_type}
     raise ValueError(f"{path} holds no run record")
+
+
+def read_artifacts(path: Path) -> list[dict]:
+    """The artifacts an offline run file logs: type, name and the paths of their files."""
+    artifacts = []
+    for raw in _chunks(Path(path).read_bytes()):
+        record = wandb_internal_pb2.Record()
+        record.ParseFromString(raw)
+        if record.WhichOneof("record_type") == "artifact":
+            manifest = record.artifact.manifest
+            files = [entry.path for entry in manifest.contents]
+            if manifest.manifest_file_path:  # large manifests travel as a file beside the record
+                files += list(json.loads(Path(manifest.manifest_file_path).read_text()).get("contents", {}))
+            artifacts.append({"type": record.artifact.type, "name": record.artifact.name, "files": files})
+    return artifacts
