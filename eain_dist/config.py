@@ -68,7 +68,7 @@ class SamplingConfig:
     popularity_power: float = 0.75  # popularity strategy: p(item) ~ count ** power (word2vec)
     # Training split: drop negatives placed after a request's last positive (EAIN's paper). Off by
     # default: with sampled negatives on review data a negative's position is drawn at random, so
-    # "after the last positive" says nothing; on Grocery it dropped 42% of the training negatives
+    # "after the last positive" says nothing; on Grocery it dropped 41% of the training negatives
     # and cost DNN 0.024 test AUC (benchmarks/results/peer-parity.md). Turn it on for real
     # impression logs or to reproduce the paper's preparation.
     skive_above: bool = False
