@@ -46,9 +46,10 @@ def write_interactions(path: Path, seed: int = 3) -> list[tuple[str, str, int]]:
     popular_first = [f"item{i}" for i in range(80)]
     for u in range(TIED_USERS):
         ts = rng.randrange(16_000, 19_000) * 86400
-        items = set()
+        items = []  # a list, not a set: a set's order changes with PYTHONHASHSEED, and so would the input
         while len(items) < 6:  # Zipf-like: item{i} with weight 1 / (i + 1)
-            items.add(rng.choices(popular_first, weights=[1 / (i + 1) for i in range(80)])[0])
+            item = rng.choices(popular_first, weights=[1 / (i + 1) for i in range(80)])[0]
+            items += [item] if item not in items else []
         rows += [(f"tied{u}", item, ts) for item in items]
     rng.shuffle(rows)
     with open(path, "w") as handle:
@@ -295,7 +296,11 @@ def prepared_hashed(tmp_path_factory, ray_local):
 def test_hashed_users_sharing_a_bucket_keep_their_own_timelines(prepared_hashed):
     """user_buckets=2: all users share one row, but each keeps its own history, split and
     negatives (grouping by the hashed id merged their timelines: histories held other users'
-    items, and one test positive remained per bucket)."""
+    items, and one test positive remained per bucket). A request id starts with its user's rank
+    (rank << REQUEST_SHIFT): the rows of one rank must be exactly one user's positives, each with
+    that user's own history, and its negatives never that user's items. (Row by row, two users
+    with the same day and item and no history would be ambiguous.)"""
+    from eain_dist.data.stages import REQUEST_SHIFT
     from eain_dist.data.vocab import hashed_index
 
     rows, result, splits = prepared_hashed
@@ -306,26 +311,29 @@ def test_hashed_users_sharing_a_bucket_keep_their_own_timelines(prepared_hashed)
     assert {r["user"] for split in splits.values() for r in split} == {1}
 
     def strict_history(seq, ts):  # strict_time: the items of strictly earlier timestamps
-        return [i for t, i in seq if t < ts][-MAX_HISTORY:]
+        return tuple(i for t, i in seq if t < ts)[-MAX_HISTORY:]
 
-    def users_of(r):  # the users whose own order gives this positive its history
-        return {u for u, seq in sequences.items() if (r["timestamp"], r["item"]) in seq
-                and strict_history(seq, r["timestamp"]) == [i for i in r["hist_item"] if i]}
+    def expected_positives(seq):  # valid and test always; a training row only with a history
+        return sorted((name, ts, i, strict_history(seq, ts)) for k, (ts, i) in enumerate(seq)
+                      for name in ["test" if k == len(seq) - 1 else "valid" if k == len(seq) - 2 else "train"]
+                      if name != "train" or strict_history(seq, ts))
 
-    owners = {}
-    for split in splits.values():
+    user_of_positives = {tuple(expected_positives(seq)): u for u, seq in sequences.items()}
+    assert len(user_of_positives) == len(sequences)  # no two users with the same rows
+    by_rank = defaultdict(list)
+    for name, split in splits.items():
         for r in split:
-            if r["label"] == 1:
-                found = users_of(r)
-                assert found, r  # no user has this history: timelines were merged
-                owners[r["request_id"]] = owners.get(r["request_id"], found) & found
-    assert all(owners.values())
-    tests = sorted((r["timestamp"], r["item"]) for r in splits["test"] if r["label"] == 1)
-    assert tests == sorted(seq[-1] for seq in sequences.values())  # one test positive per user
-    for split in splits.values():
-        for r in split:
-            if r["label"] == 0:
-                assert all(r["item"] not in {i for _, i in sequences[u]} for u in owners[r["request_id"]])
+            by_rank[r["request_id"] >> REQUEST_SHIFT].append((name, r))
+    owner = {}
+    for rank, group in by_rank.items():
+        positives = sorted((name, r["timestamp"], r["item"], tuple(i for i in r["hist_item"] if i))
+                           for name, r in group if r["label"] == 1)
+        owner[rank] = user_of_positives.get(tuple(positives))
+        assert owner[rank], positives  # no user has these rows: timelines were merged or split
+    assert sorted(owner.values()) == sorted(sequences)  # one rank per user, each user's rows under its rank
+    for rank, group in by_rank.items():
+        own_items = {i for _, i in sequences[owner[rank]]}
+        assert all(r["item"] not in own_items for _, r in group if r["label"] == 0)
     # Popularity sampling: the most reviewed items are drawn as negatives far more often.
     popularity = defaultdict(int)
     for _, i in core:
