@@ -4,8 +4,11 @@ peak memory of the whole process tree, per-stage seconds, and the row-by-row che
 Runs (`--runs`, comma-separated TOOL:SIZE, measured one after the other in a fresh subprocess
 each, so Ray starts clean; SIZE in reviews, with M for millions):
   polars:N        benchmarks/polars_baseline.py, POLARS_MAX_THREADS = --cpus
-  eain:N          eain prepare --set ray.num_cpus=--cpus (exact vocabularies)
-  eain-hashed:N   the same with data.vocab=hashed
+  eain:N          eain prepare --set ray.num_cpus=--cpus (exact vocabularies; data.executor=auto:
+                  threads in process when the input fits this machine, else Ray tasks)
+  eain-ray:N      the same on Ray tasks (data.executor=ray)
+  eain-threads:N  the same on threads in process (data.executor=threads)
+  eain-hashed:N   the same as eain with data.vocab=hashed
   eain-single:N   eain prepare of ONE uncompressed .jsonl file of N reviews (read in byte ranges)
 Inputs: 2023-format reviews + metadata from `eain generate` (users = N / 8, items = N / 20, one
 gzip review file per 250k reviews), cached under --work; outputs are deleted once measured.
@@ -40,6 +43,7 @@ BASELINE = Path(__file__).parent / "polars_baseline.py"
 SETTINGS = ["data.format=amazon2023", "data.max_history=50", "sampling.negatives=1", "sampling.strategy=uniform",
             "sampling.skive_above=true"]
 TARGET_PSS_MIB = 12 * 1024
+EXECUTORS = {"eain-ray": "ray", "eain-threads": "threads"}  # data.executor; every other eain tool: auto
 
 
 # ----------------------------------------------------------------------------- inputs
@@ -99,7 +103,8 @@ def run(tool: str, reviews: int, cpus: int, work: Path, logs: Path, check_up_to:
         result = measure.measure(command, log, env={"POLARS_MAX_THREADS": str(cpus)})
     else:
         overrides = [f"data.source={folder / 'reviews'}", f"data.meta={folder / 'meta'}", f"data.output={out}",
-                     *SETTINGS, f"ray.num_cpus={cpus}", f"data.vocab={'hashed' if tool == 'eain-hashed' else 'exact'}"]
+                     *SETTINGS, f"ray.num_cpus={cpus}", f"data.vocab={'hashed' if tool == 'eain-hashed' else 'exact'}",
+                     f"data.executor={EXECUTORS.get(tool, 'auto')}"]
         result = measure.measure([str(EAIN), "prepare", *[a for o in overrides for a in ("--set", o)]], log)
     output = result.pop("output")
     row = {"tool": tool, "reviews": reviews, "cpus": cpus, **result, "ok": result["returncode"] == 0}
@@ -120,8 +125,9 @@ def _parsed(tool: str, output: str, out: Path) -> dict:
         return {"pipeline_s": meta["seconds"], "stages_s": meta["stages_s"], "splits": meta["splits"]}
     stages = {re.sub(r"\d[\d,]*", "N", what): float(s) for what, s in re.findall(r"^prepare: (.*) \(([\d.]+)s[,)]",
                                                                                  output, re.M)}
-    pipeline_s = float(re.search(r"^prepare: wrote [\d,]+ impressions to .* in ([\d.]+)s$", output, re.M).group(1))
+    pipeline_s = float(re.search(r"^prepare: wrote [\d,]+ impressions to .* in ([\d.]+)s \(", output, re.M).group(1))
     return {"pipeline_s": pipeline_s, "stages_s": stages, "splits": meta["splits"], "read": meta["counts"]["read"],
+            "executor": meta.get("executor"),
             "progress_lines": len(re.findall(r"^prepare:   ", output, re.M)),
             "task_peak_rss_mib": meta.get("task_peak_rss_mib", {})}
 
@@ -164,6 +170,11 @@ def verdicts(runs: list[dict]) -> list[str]:
     return lines
 
 
+def _label(run: dict) -> str:
+    """The tool, and for eain where its tasks ran (meta.json executor)."""
+    return f"{run['tool']} ({run['executor']})" if run.get("executor") else run["tool"]
+
+
 def to_markdown(report: dict) -> str:
     m, runs = report["machine"], report["runs"]
     lines = [f"# `eain prepare` against a single-process polars implementation: {report['name']}", "",
@@ -181,17 +192,18 @@ def to_markdown(report: dict) -> str:
              "object store MiB | impressions | load |", "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
     for r in runs:
         if not r["ok"]:
-            lines.append(f"| {r['tool']} | {r['reviews']:,} | {r['cpus']} | {r['wall_s']:.1f} | failed: {r['failure']} "
+            lines.append(f"| {_label(r)} | {r['reviews']:,} | {r['cpus']} | {r['wall_s']:.1f} | failed: {r['failure']} "
                          f"| | {r['peak_tree_pss_mib']:,} | {r['peak_tree_rss_mib']:,} | | | {r['load_avg_1m_before']} |")
             continue
-        lines.append(f"| {r['tool']} | {r['reviews']:,} | {r['cpus']} | {r['wall_s']:.1f} | {r['reviews_per_s']:,} | "
+        lines.append(f"| {_label(r)} | {r['reviews']:,} | {r['cpus']} | {r['wall_s']:.1f} | {r['reviews_per_s']:,} | "
                      f"{r['pipeline_s']:.1f} | {r['peak_tree_pss_mib']:,} | {r['peak_tree_rss_mib']:,} | "
                      f"{r['peak_object_store_mib']:,} | {sum(r['splits'].values()):,} | {r['load_avg_1m_before']} |")
     for r in runs:
         if r["ok"]:
             stages = "; ".join(f"{stage} {s:.1f}" for stage, s in r["stages_s"].items())
-            extra = (f" Python + Ray start and shutdown: {r['wall_s'] - r['pipeline_s']:.1f}." if r["tool"] != "polars"
-                     else f" Python start: {r['wall_s'] - r['pipeline_s']:.1f}.")
+            start = "Python + Ray start and shutdown" if r.get("executor") == "ray" else "Python start"
+            extra = f" {start}: {r['wall_s'] - r['pipeline_s']:.1f}." + (
+                f" Executor: {r['executor']}." if r.get("executor") else "")
             lines += ["", f"Stages (s), {r['tool']} {r['reviews']:,}: {stages}.{extra}"]
             if "read" in r:
                 lines[-1] += (f" Read by {r['read']['tasks']} tasks, at most {r['read']['most_tasks_on_one_file_at_once']}"

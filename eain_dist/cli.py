@@ -154,12 +154,10 @@ def _prepare(args) -> int:
 
 def _prepare_and_report(config: Config):
     from eain_dist.data.pipeline import prepare
-    from eain_dist.runtime import init_ray
 
     if not config.data.source:
         raise ConfigError("data.source is empty: give the raw review files (path, glob, directory or s3:// URL)")
-    init_ray(config.ray)
-    result = prepare(config)
+    result = prepare(config)  # starts Ray only if data.executor chooses Ray
     _print_summary(result)
     return result
 
@@ -287,8 +285,9 @@ def _prepare_unless_current(config: Config) -> None:
 
 def _preparation_settings(config: dict) -> tuple:
     """What makes a prepared dataset: the data and sampling sections, less where it was written
-    (the same dataset named by a relative or an absolute path is the same dataset)."""
-    data = {key: value for key, value in config.get("data", {}).items() if key != "output"}
+    (the same dataset named by a relative or an absolute path is the same dataset) and where its
+    tasks ran (every executor writes the same rows)."""
+    data = {key: value for key, value in config.get("data", {}).items() if key not in ("output", "executor")}
     return data, config.get("sampling")
 
 

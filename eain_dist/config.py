@@ -58,6 +58,11 @@ class DataConfig:
     # Input is read by tasks of about this many uncompressed bytes: a larger plain file in byte
     # ranges, a larger gzip file inflated once and parsed in chunks of this size by many tasks.
     part_bytes: int = 256 << 20
+    # Where prepare's tasks run: ray (Ray tasks; on a cluster, or for inputs larger than one
+    # machine holds), threads (a thread pool in this process: no Ray start, nothing copied), or
+    # auto: threads when no Ray cluster is given, Ray is not already running and the input fits
+    # this machine's memory (eain_dist/data/tasks.py), else ray.
+    executor: str = "auto"
     s3: S3Config = field(default_factory=S3Config)
 
 
@@ -255,6 +260,8 @@ def validate(config: Config) -> None:
     data, sampling = config.data, config.sampling
     _require(data.format in FORMATS, f"data.format must be one of {', '.join(FORMATS)}, got {data.format!r}")
     _require(data.vocab in ("exact", "hashed"), f"data.vocab must be exact or hashed, got {data.vocab!r}")
+    _require(data.executor in ("auto", "ray", "threads"),
+             f"data.executor must be auto, ray or threads, got {data.executor!r}")
     _require(data.history_ties in ("input_order", "strict_time"),
              f"data.history_ties must be input_order or strict_time, got {data.history_ties!r}")
     _require(data.part_bytes >= 1, f"data.part_bytes must be >= 1, got {data.part_bytes}")

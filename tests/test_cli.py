@@ -86,11 +86,13 @@ def _write_reviews(path: Path, good: int, bad: int) -> None:
     path.write_text("\n".join(lines) + "\n")
 
 
-def test_too_many_malformed_records_fail_with_file_line_and_samples(tmp_path, capsys, ray_local):
+@pytest.mark.parametrize("executor", ["ray", "threads"])
+def test_too_many_malformed_records_fail_with_file_line_and_samples(tmp_path, capsys, ray_local, executor):
     source = tmp_path / "reviews.jsonl"
     _write_reviews(source, good=400, bad=30)
     code, _, err = run_cli(capsys, "prepare", "--set", f"data.source={source}", "--set", "data.format=amazon2023",
-                           "--set", f"data.output={tmp_path}/out", "--set", "data.max_reject_fraction=0.01")
+                           "--set", f"data.output={tmp_path}/out", "--set", "data.max_reject_fraction=0.01",
+                           "--set", f"data.executor={executor}")
     assert code == 2
     assert "30 of 430 records malformed" in err and "reviews.jsonl line 11" in err
     samples = [json.loads(line) for line in (tmp_path / "out" / "rejects" / "samples.jsonl").read_text().splitlines()]

@@ -290,7 +290,7 @@ def prepared_hashed(tmp_path_factory, ray_local):
     ])
     result = prepare(config, log=lambda message: None)
     splits = {name: pq.read_table(folder / "prepared" / name).to_pylist() for name in ("train", "valid", "test")}
-    return rows, result, splits
+    return rows, result, splits, config
 
 
 def test_hashed_users_sharing_a_bucket_keep_their_own_timelines(prepared_hashed):
@@ -303,7 +303,7 @@ def test_hashed_users_sharing_a_bucket_keep_their_own_timelines(prepared_hashed)
     from eain_dist.data.stages import REQUEST_SHIFT
     from eain_dist.data.vocab import hashed_index
 
-    rows, result, splits = prepared_hashed
+    rows, result, splits, _ = prepared_hashed
     core = plain_k_core(rows, min_user=4, min_item=3)
     items = sorted({i for _, i in core})
     item_index = dict(zip(items, hashed_index(pa.array(items), 1000003)))
@@ -349,6 +349,19 @@ def test_hashed_users_sharing_a_bucket_keep_their_own_timelines(prepared_hashed)
     assert result.meta["counts"]["k_core"]["rounds"] >= 1
 
 
+def test_threads_in_process_write_what_ray_tasks_write(prepared_hashed, tmp_path):
+    """The same k-core, hashed, popularity-sampled preparation on threads in this process: the
+    same rows and counts as on Ray's tasks (every random draw is seeded by its partition)."""
+    import dataclasses
+
+    _, result, _, config = prepared_hashed
+    data = dataclasses.replace(config.data, output=str(tmp_path / "threads"), executor="threads")
+    threads = prepare(dataclasses.replace(config, data=data), log=lambda message: None)
+    assert (result.meta["executor"], threads.meta["executor"]) == ("ray", "threads")
+    assert threads.meta["counts"] == result.meta["counts"]
+    assert splits_of(tmp_path / "threads") == splits_of(Path(config.data.output))
+
+
 def splits_of(out: Path) -> dict[str, list[tuple]]:
     tables = {name: pq.read_table(out / name) for name in ("train", "valid", "test")}
     return {name: sorted(zip(*(t[c].to_pylist() for c in t.column_names))) for name, t in tables.items()}
@@ -356,7 +369,8 @@ def splits_of(out: Path) -> dict[str, list[tuple]]:
 
 def test_large_files_read_in_parts_give_the_same_dataset(tmp_path, ray_local):
     """A plain file cut into byte ranges and a gzip file inflated once and parsed in chunks by many
-    tasks give exactly the rows of reading each file whole; progress lines come meanwhile."""
+    tasks give exactly the rows of reading each file whole, on Ray tasks and on threads in process
+    (data.executor); progress lines come meanwhile."""
     from eain_dist.data.synthetic import generate
 
     summary = generate(str(tmp_path / "input"), users=300, items=150, reviews=4000, files=2)
@@ -365,11 +379,12 @@ def test_large_files_read_in_parts_give_the_same_dataset(tmp_path, ray_local):
         plain.write_bytes(source.read())  # one plain file (split in ranges), one gzip file (streamed)
     Path(summary["review_files"][0]).unlink()
     results, lines = {}, []
-    for name, part_bytes in (("whole", 1 << 28), ("parts", 40_000)):
+    for name, part_bytes, executor in (("whole", 1 << 28, "ray"), ("parts", 40_000, "ray"),
+                                       ("threads", 40_000, "threads")):
         config = load_config(overrides=[
             f"data.source={tmp_path / 'input' / 'reviews'}", f"data.meta={tmp_path / 'input' / 'meta'}",
             f"data.output={tmp_path / name}", "data.num_partitions=3", f"data.part_bytes={part_bytes}",
-            f"data.max_history={MAX_HISTORY}", f"sampling.negatives={NEGATIVES}"])
+            f"data.max_history={MAX_HISTORY}", f"sampling.negatives={NEGATIVES}", f"data.executor={executor}"])
         log = lines if name == "parts" else (lambda message: None)
         results[name] = prepare(config, log=getattr(log, "append", log), progress_every_s=0).meta
     whole, parts = results["whole"]["counts"]["read"], results["parts"]["counts"]["read"]
@@ -377,6 +392,9 @@ def test_large_files_read_in_parts_give_the_same_dataset(tmp_path, ray_local):
     plain_ranges = -(-plain.stat().st_size // 40_000)
     assert whole["tasks"] == 2 and parts["tasks"] >= plain_ranges + 2  # ranges + the gzip file's chunks
     assert splits_of(tmp_path / "parts") == splits_of(tmp_path / "whole")
+    assert splits_of(tmp_path / "threads") == splits_of(tmp_path / "whole")
+    assert results["threads"]["counts"] == results["parts"]["counts"]
+    assert (results["threads"]["executor"], results["parts"]["executor"]) == ("threads", "ray")
     assert any("tasks done" in line for line in lines)  # progress while stages run
     read_line = next(line for line in lines if line.startswith("prepare: read 4,000 records"))
     assert read_line.endswith(" rows/s)")  # every stage line: seconds and rows per second

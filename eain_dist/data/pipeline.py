@@ -1,7 +1,8 @@
 """`eain prepare`: raw Amazon reviews to the prepared dataset of DESIGN.md, on Ray.
 
-The stages (`stages.py`: plain functions on Arrow tables) run as Ray tasks, and partitioned data
-moves between them as object references. A hash shuffle is a map task returning one table per
+The stages (`stages.py`: plain functions on Arrow tables) run as tasks (`tasks.py`: Ray tasks, or
+a thread pool in this process for an input that fits this machine: no Ray start, no copies), and
+partitioned data moves between them as references. A hash shuffle is a map task returning one table per
 partition (`num_returns`) and a reduce task taking one from each: no actor pool starts, and
 nothing is kept but each shuffle's own input. (Ray Data's `repartition(keys=...)` took 3.4-4.3 s
 per call on this 2-CPU machine even for 1,000 rows, as it starts worker pools of its own; a task
@@ -30,15 +31,14 @@ from dataclasses import dataclass, field
 
 import numpy as np
 import pyarrow as pa
-import ray
 
 from eain_dist.config import Config, to_dict
-from eain_dist.data import stages, vocab
+from eain_dist.data import stages, tasks as executors, vocab
 from eain_dist.data.context import GAP_BUCKETS
 from eain_dist.data.errors import InputError
 from eain_dist.data.fs import expand_sources, filesystem_for
 from eain_dist.data.progress import PROGRESS_EVERY_S, Progress, TaskMemory, gather, peaks, print_now
-from eain_dist.data.reading import ReadResult, read_inputs
+from eain_dist.data.reading import ReadResult, plan_inputs, read_inputs
 from eain_dist.data.readers import reject_message
 from eain_dist.data.writer import Output
 
@@ -71,60 +71,70 @@ class PrepareResult:
 
 
 def prepare(config: Config, log=print_now, progress_every_s: float = PROGRESS_EVERY_S) -> PrepareResult:
-    """Run the whole pipeline; Ray must be initialised (eain_dist.runtime.init_ray). `log` gets a
-    line per stage, and one every `progress_every_s` seconds while a stage runs."""
+    """Run the whole pipeline on the executor `data.executor` chooses (Ray is started if it is
+    chosen and not running). `log` gets a line per stage, and one every `progress_every_s` seconds
+    while a stage runs."""
     started = time.time()
     data = config.data
     files = expand_sources(data.source, data.s3)
     meta_files = expand_sources(data.meta, data.s3) if data.meta else []
-    output = Output(data.output, config)
-    output.clear()
-    output.make_folders()
-    progress = Progress(log, progress_every_s)
-
-    read = read_inputs(files, meta_files, config, progress, _cpus(), lambda rows: _partitions(rows, config))
-    _check_rejects(read, data, output)
-    counts = stages.Counts(read.counts)
-    rejects = read.log.to_json()
-    items, summaries = _item_stage(read, config, counts, progress)
-    task_peaks = read.task_peaks
-    del read  # the item stage's tasks hold the input parts until they are done with them
-    if data.k_core:
-        items, summaries = _k_core(items, summaries, config, counts, progress)
-    numbering = _item_numbering(summaries, config, output)
-    progress.done(f"{numbering.num_items - 1:,} items, {numbering.num_categories - 1:,} categories"
-                  if data.vocab == "exact" else "hashed items and categories")
-    by_user, item_category = _number_items(items, numbering, sum(s["rows"] for s in summaries), config, output,
-                                           progress, task_peaks)
-    del items
-    users, user_numbering = _user_reduce(by_user, sum(s["rows"] for s in summaries), config, counts, progress,
-                                         task_peaks)
-    del by_user
-    _user_stage(users, user_numbering, numbering, item_category, config, output, counts, progress, task_peaks)
-    meta = _meta(config, files, meta_files, counts, user_numbering, numbering, rejects)
-    meta["task_peak_rss_mib"] = task_peaks
-    output.write_json("meta.json", meta)
+    plan = plan_inputs(files, meta_files, config)
+    tasks = executors.choose(config, plan.estimated_reviews)
+    try:
+        meta = _run(tasks, plan, files, meta_files, config, Progress(tasks, log, progress_every_s))
+    finally:
+        tasks.close()
     seconds = time.time() - started
-    log(f"prepare: wrote {sum(meta['splits'].values()):,} impressions to {data.output} in {seconds:.1f}s")
+    log(f"prepare: wrote {sum(meta['splits'].values()):,} impressions to {data.output} in {seconds:.1f}s "
+        f"({'in process' if tasks.in_process else 'on Ray'})")
     return PrepareResult(output=data.output, meta=meta, seconds=seconds)
 
 
-def _cpus() -> int:
-    return max(1, int(ray.cluster_resources().get("CPU", 1)))
+def _run(tasks, plan, files: list[str], meta_files: list[str], config: Config, progress: Progress) -> dict:
+    data = config.data
+    output = Output(data.output, config)
+    output.clear()
+    output.make_folders()
+    read = read_inputs(plan, config, progress, tasks, lambda rows: _partitions(rows, config, tasks.cpus()))
+    _check_rejects(read, data, output)
+    counts = stages.Counts(read.counts)
+    rejects = read.log.to_json()
+    items, summaries = _item_stage(tasks, read, config, counts, progress)
+    task_peaks = read.task_peaks
+    del read  # the item stage's tasks hold the input parts until they are done with them
+    if data.k_core:
+        items, summaries = _k_core(tasks, items, summaries, config, counts, progress)
+    numbering = _item_numbering(summaries, config, output)
+    progress.done(f"{numbering.num_items - 1:,} items, {numbering.num_categories - 1:,} categories"
+                  if data.vocab == "exact" else "hashed items and categories")
+    by_user, item_category = _number_items(tasks, items, numbering, sum(s["rows"] for s in summaries), config, output,
+                                           progress, task_peaks)
+    del items
+    users, user_numbering = _user_reduce(tasks, by_user, sum(s["rows"] for s in summaries), config, counts, progress,
+                                         task_peaks)
+    del by_user
+    _user_stage(tasks, users, user_numbering, numbering, item_category, config, output, counts, progress, task_peaks)
+    meta = _meta(config, files, meta_files, counts, user_numbering, numbering, rejects)
+    meta["task_peak_rss_mib"] = task_peaks
+    meta["executor"] = "threads" if tasks.in_process else "ray"
+    output.write_json("meta.json", meta)
+    return meta
 
 
-def _partitions(rows: int, config: Config) -> int:
+def _partitions(rows: int, config: Config, cpus: int) -> int:
     """Two per CPU at least (every CPU busy), more for big inputs: rows_per_partition bounds a
     task's memory."""
     if config.data.num_partitions:
         return config.data.num_partitions
-    return max(2 * _cpus(), math.ceil(rows / config.data.rows_per_partition))
+    return max(2 * cpus, math.ceil(rows / config.data.rows_per_partition))
 
 
-def _memory(rows: int, bytes_per_row: int, extra: int = 0) -> int:
-    """A task's memory request, at most 80% of the largest node's (so that it stays schedulable):
-    a node then runs only as many heavy tasks at once as its memory holds."""
-    largest = max((node["Resources"].get("memory", 0) for node in ray.nodes() if node["Alive"]), default=0)
+def _memory(tasks, rows: int, bytes_per_row: int, extra: int = 0) -> int | None:
+    """A Ray task's memory request, at most 80% of the largest node's (so that it stays
+    schedulable): a node then runs only as many heavy tasks at once as its memory holds."""
+    if tasks.in_process:
+        return None
+    largest = tasks.largest_node_memory()
     wanted = rows * bytes_per_row + extra
     return int(min(wanted, 0.8 * largest)) if largest else wanted
 
@@ -147,19 +157,16 @@ def _check_rejects(read: ReadResult, data, output: Output) -> None:
 # ----------------------------------------------------------------------------- tasks
 
 
-@ray.remote
 def _item_stage_task(min_count: int, reviews: int, part: int, *tables):
     memory = TaskMemory()
     table, counts = stages.item_stage(list(tables[:reviews]), list(tables[reviews:]), min_count)
     return table, {**stages.item_summary(table, part), "counts": counts, "peak_rss_mib": memory.peak_mib()}
 
 
-@ray.remote
 def _split_task(key: str, partitions: int, table: pa.Table):
     return stages.split_by_key(table, stages.keys_of(table[key]), partitions)
 
 
-@ray.remote
 def _drop_rare_task(key: str, min_count: int, partitions: int, part: int, *tables):
     """k-core: a user partition drops its rare users and is split by item; an item partition
     drops its rare items and returns (table, summary)."""
@@ -170,7 +177,6 @@ def _drop_rare_task(key: str, min_count: int, partitions: int, part: int, *table
     return table, {**stages.item_summary(table, part), "counts": counts}
 
 
-@ray.remote
 def _number_items_task(table: pa.Table, part: int, numbering: stages.ItemNumbering, user_partitions: int,
                        output: Output):
     memory = TaskMemory()
@@ -180,19 +186,16 @@ def _number_items_task(table: pa.Table, part: int, numbering: stages.ItemNumberi
     return [*by_user, item_category, {"peak_rss_mib": memory.peak_mib()}]
 
 
-@ray.remote
 def _item_category_task(num_items: int, *pieces):
     return stages.item_category_array(list(pieces), num_items)
 
 
-@ray.remote(num_returns=2)
 def _user_reduce_task(part: int, min_count: int, *tables):
     memory = TaskMemory()
     table, histogram, counts = stages.user_reduce(list(tables), part, min_count)
     return table, {"histogram": histogram, "counts": counts, "rows": table.num_rows, "peak_rss_mib": memory.peak_mib()}
 
 
-@ray.remote
 def _user_stage_task(table: pa.Table, part: int, config: Config, numbering: stages.UserNumbering, num_items: int,
                      count_ranges, item_category: np.ndarray, output: Output) -> dict:
     memory = TaskMemory()
@@ -211,11 +214,11 @@ def _user_stage_task(table: pa.Table, part: int, config: Config, numbering: stag
 # ----------------------------------------------------------------------------- the plan
 
 
-def _item_stage(read: ReadResult, config: Config, counts: stages.Counts, progress: Progress):
-    reviews = len(read.reviews)
-    task = _item_stage_task.options(num_returns=2, memory=_memory(read.rows_per_partition, SHUFFLE_BYTES_PER_ROW))
-    outputs = [task.remote(config.data.min_item_count, reviews, p,
-                           *[part.tables[p] for part in read.reviews], *[part.tables[p] for part in read.meta])
+def _item_stage(tasks, read: ReadResult, config: Config, counts: stages.Counts, progress: Progress):
+    reviews, memory = len(read.reviews), _memory(tasks, read.rows_per_partition, SHUFFLE_BYTES_PER_ROW)
+    outputs = [tasks.submit(_item_stage_task, config.data.min_item_count, reviews, p,
+                            *[part.tables[p] for part in read.reviews], *[part.tables[p] for part in read.meta],
+                            num_returns=2, memory=memory)
                for p in range(read.partitions)]
     summaries = gather([summary for _, summary in outputs], progress, "item partitions",
                        rows=lambda s: s["counts"]["dedupe"]["rows_in"])
@@ -227,18 +230,18 @@ def _item_stage(read: ReadResult, config: Config, counts: stages.Counts, progres
     return [table for table, _ in outputs], summaries
 
 
-def _k_core(items: list, summaries: list[dict], config: Config, counts: stages.Counts, progress: Progress):
+def _k_core(tasks, items: list, summaries: list[dict], config: Config, counts: stages.Counts, progress: Progress):
     """Alternate the user and item min-count filters until both hold at once (the k-core)."""
     data, partitions = config.data, len(items)
     rows = sum(s["rows"] for s in summaries)
     for round_ in range(1, MAX_K_CORE_ROUNDS + 1):
-        by_user = [_split_task.options(num_returns=partitions).remote("user", partitions, t) for t in items]
-        users = [_drop_rare_task.options(num_returns=partitions + 1).remote(
-            "user", data.min_user_count, partitions, p, *[parts[p] for parts in by_user]) for p in range(partitions)]
-        for user_counts in ray.get([outputs[-1] for outputs in users]):
+        by_user = [tasks.submit(_split_task, "user", partitions, t, num_returns=partitions) for t in items]
+        users = [tasks.submit(_drop_rare_task, "user", data.min_user_count, partitions, p,
+                              *[parts[p] for parts in by_user], num_returns=partitions + 1) for p in range(partitions)]
+        for user_counts in tasks.get([outputs[-1] for outputs in users]):
             counts.merge(user_counts)
-        outputs = [_drop_rare_task.options(num_returns=2).remote(
-            "item", data.min_item_count, partitions, p, *[parts[p] for parts in users]) for p in range(partitions)]
+        outputs = [tasks.submit(_drop_rare_task, "item", data.min_item_count, partitions, p,
+                                *[parts[p] for parts in users], num_returns=2) for p in range(partitions)]
         summaries = gather([summary for _, summary in outputs], progress, f"k-core round {round_}")
         items = [table for table, _ in outputs]
         for summary in summaries:
@@ -277,24 +280,24 @@ def _category_vocabulary(counts: pa.Table, mode: str, buckets: int) -> pa.Table:
     return pa.table({"raw": by_frequency["raw"], "index": pa.array(index, pa.int64()), "count": by_frequency["count"]})
 
 
-def _number_items(items: list, numbering: stages.ItemNumbering, rows: int, config: Config, output: Output,
+def _number_items(tasks, items: list, numbering: stages.ItemNumbering, rows: int, config: Config, output: Output,
                   progress: Progress, task_peaks: dict):
-    user_partitions = _partitions(rows, config)
-    task = _number_items_task.options(num_returns=user_partitions + 2,
-                                      memory=_memory(math.ceil(rows / len(items)), SHUFFLE_BYTES_PER_ROW))
-    outputs = [task.remote(table, p, numbering, user_partitions, output) for p, table in enumerate(items)]
-    item_category = _item_category_task.remote(numbering.num_items, *[parts[-2] for parts in outputs])
+    user_partitions = _partitions(rows, config, tasks.cpus())
+    memory = _memory(tasks, math.ceil(rows / len(items)), SHUFFLE_BYTES_PER_ROW)
+    outputs = [tasks.submit(_number_items_task, table, p, numbering, user_partitions, output,
+                            num_returns=user_partitions + 2, memory=memory) for p, table in enumerate(items)]
+    item_category = tasks.submit(_item_category_task, numbering.num_items, *[parts[-2] for parts in outputs])
     peaks(gather([parts[-1] for parts in outputs] + [item_category], progress, "item numbering")[:-1],
           "number_items", task_peaks)
     progress.done(f"items numbered, partitioned by user ({user_partitions} partitions)", rows=rows)
     return [[parts[p] for parts in outputs] for p in range(user_partitions)], item_category
 
 
-def _user_reduce(by_user: list[list], sum_rows: int, config: Config, counts: stages.Counts, progress: Progress,
-                 task_peaks: dict):
-    rows = math.ceil(sum_rows / len(by_user))
-    task = _user_reduce_task.options(memory=_memory(rows, SHUFFLE_BYTES_PER_ROW))
-    outputs = [task.remote(p, config.data.min_user_count, *parts) for p, parts in enumerate(by_user)]
+def _user_reduce(tasks, by_user: list[list], sum_rows: int, config: Config, counts: stages.Counts,
+                 progress: Progress, task_peaks: dict):
+    memory = _memory(tasks, math.ceil(sum_rows / len(by_user)), SHUFFLE_BYTES_PER_ROW)
+    outputs = [tasks.submit(_user_reduce_task, p, config.data.min_user_count, *parts, num_returns=2, memory=memory)
+               for p, parts in enumerate(by_user)]
     summaries = gather([summary for _, summary in outputs], progress, "user partitions", rows=lambda s: s["rows"])
     for summary in summaries:
         counts.merge(summary["counts"])
@@ -306,14 +309,14 @@ def _user_reduce(by_user: list[list], sum_rows: int, config: Config, counts: sta
     return users, stages.UserNumbering(config.data.vocab, num_users, offsets)
 
 
-def _user_stage(users: list, numbering: stages.UserNumbering, items: stages.ItemNumbering, item_category,
+def _user_stage(tasks, users: list, numbering: stages.UserNumbering, items: stages.ItemNumbering, item_category,
                 config: Config, output: Output, counts: stages.Counts, progress: Progress, task_peaks: dict) -> None:
     data = config.data
     count_ranges = items.offsets.count_ranges() if items.offsets else None
     history_bytes = 3 * data.rows_per_file * 2 * data.max_history * 8
-    results = [_user_stage_task.options(memory=_memory(rows, USER_STAGE_BYTES_PER_ROW, history_bytes)).remote(
-        table, p, config, numbering, items.num_items, count_ranges, item_category, output)
-        for p, (table, rows) in enumerate(users)]
+    results = [tasks.submit(_user_stage_task, table, p, config, numbering, items.num_items, count_ranges,
+                            item_category, output, memory=_memory(tasks, rows, USER_STAGE_BYTES_PER_ROW, history_bytes))
+               for p, (table, rows) in enumerate(users)]
     results = gather(results, progress, "user partitions written", rows=_impressions)
     for result in results:
         counts.merge(result["counts"])

@@ -6,7 +6,7 @@ from __future__ import annotations
 import time
 from typing import Callable
 
-import ray
+from eain_dist.data.tasks import in_process_task
 
 PROGRESS_EVERY_S = 15.0
 
@@ -17,7 +17,8 @@ def print_now(line: str) -> None:
 
 
 class Progress:
-    def __init__(self, log, every_s: float = PROGRESS_EVERY_S):
+    def __init__(self, tasks, log, every_s: float = PROGRESS_EVERY_S):
+        self.tasks = tasks  # the executor whose tasks `gather` waits for
         self.log, self.every_s = log, every_s
         self.stage_started = self.last_line = time.time()
 
@@ -40,13 +41,14 @@ class Progress:
 
 
 def gather(refs: list, progress: Progress, what: str, rows: Callable[[object], int] | None = None) -> list:
-    """ray.get(refs), reporting progress while waiting; results in the order of refs."""
+    """get(refs), reporting progress while waiting; results in the order of refs."""
+    tasks = progress.tasks
     results: dict = {}
     pending = list(refs)
     counted = 0
     while pending:
-        ready, pending = ray.wait(pending, num_returns=len(pending), timeout=progress.every_s / 3)
-        for ref, value in zip(ready, ray.get(ready)):
+        ready, pending = tasks.wait(pending, num_returns=len(pending), timeout=progress.every_s / 3)
+        for ref, value in zip(ready, tasks.get(ready)):
             results[ref] = value
             counted += rows(value) if rows else 0
         progress.running(what, len(results), len(refs), counted if rows else None)
@@ -55,9 +57,13 @@ def gather(refs: list, progress: Progress, what: str, rows: Callable[[object], i
 
 class TaskMemory:
     """A task's peak resident memory (MiB), for meta.json: what a node needs per running task.
-    Linux only (the process's high-water mark, reset when the task starts); None elsewhere."""
+    Linux only (the process's high-water mark, reset when the task starts); None elsewhere, and in
+    process (threads share the process: its peak is the benchmark's to measure)."""
 
     def __init__(self):
+        if in_process_task():
+            self.available = False
+            return
         try:
             with open("/proc/self/clear_refs", "w") as handle:
                 handle.write("5")

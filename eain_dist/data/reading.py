@@ -20,7 +20,6 @@ from typing import Callable
 
 import numpy as np
 import pyarrow as pa
-import ray
 
 from eain_dist.config import Config
 from eain_dist.data import stages
@@ -62,18 +61,32 @@ class _Stream:
     kind: str
 
 
-def read_inputs(files: list[str], meta_files: list[str], config: Config, progress: Progress, cpus: int,
-                partitions_for: Callable[[int], int]) -> ReadResult:
-    parts, streams, estimated, task_peaks = [], [], 0, {}
+@dataclass
+class InputPlan:
+    parts: list  # (FilePart, kind): read by one task each
+    streams: list  # _Stream: large gzip files, inflated once and parsed in chunks
+    estimated_reviews: int  # from the files' sizes (readers.parts.layout)
+    has_meta: bool
+
+
+def plan_inputs(files: list[str], meta_files: list[str], config: Config) -> InputPlan:
+    parts, streams, estimated = [], [], 0
     for kind, paths in (("reviews", files), ("meta", meta_files)):
         for index, path in enumerate(paths):
             file_parts, stream, records = _plan(path, index, kind, config)
             parts += file_parts
             streams += stream
             estimated += records if kind == "reviews" else 0
-    partitions = partitions_for(estimated)
-    results = [_submit_part(part, kind, partitions, config) for part, kind in parts]
-    results += _drive_streams(streams, partitions, config, cpus, progress)
+    return InputPlan(parts, streams, estimated, bool(meta_files))
+
+
+def read_inputs(plan: InputPlan, config: Config, progress: Progress, tasks,
+                partitions_for: Callable[[int], int]) -> ReadResult:
+    task_peaks: dict = {}
+    partitions = partitions_for(plan.estimated_reviews)
+    results = [_submit_part(tasks, part, kind, partitions, config) for part, kind in plan.parts]
+    drive = _drive_streams_in_process if tasks.in_process else _drive_streams
+    results += drive(tasks, plan.streams, partitions, config, progress)
     summaries = gather([r.summary for r in results], progress, "read parts", rows=lambda s: s["rows"])
     by_kind = {"reviews": [], "meta": []}
     for result, summary in sorted(zip(results, summaries), key=lambda pair: pair[0].order):
@@ -82,7 +95,7 @@ def read_inputs(files: list[str], meta_files: list[str], config: Config, progres
     counts = stages.Counts()
     counts.add("read", records=logs["reviews"].total_records(), rejects=logs["reviews"].total_rejects(),
                tasks=len(by_kind["reviews"]), most_tasks_on_one_file_at_once=_most_at_once(by_kind["reviews"]))
-    if meta_files:
+    if plan.has_meta:
         counts.add("meta", records=logs["meta"].total_records(), rejects=logs["meta"].total_rejects())
     rows = logs["reviews"].total_records()
     peaks(summaries, "read", task_peaks)
@@ -140,7 +153,6 @@ def _returned(pieces: list[list[pa.Table]], log: RejectLog, kind: str, rows: int
                       "peak_rss_mib": memory.peak_mib()}]
 
 
-@ray.remote
 def _read_part_task(part: FilePart, kind: str, partitions: int, config: Config):
     started, memory = time.time(), TaskMemory()
     fs, local = filesystem_for(part.path, config.data.s3)
@@ -171,10 +183,9 @@ class _StreamEnd:
     cut_text: bytes
 
 
-@ray.remote(num_cpus=0)
 def _inflate_task(path: str, config: Config):
-    """Yields _ChunkInfo, chunk bytes (uint8 array), ..., then _StreamEnd. It takes no CPU slot:
-    it mostly waits for its parsers, and must never hold a slot a parser needs."""
+    """Yields _ChunkInfo, chunk bytes (uint8 array), ..., then _StreamEnd. As a Ray task it takes
+    no CPU slot: it mostly waits for its parsers, and must never hold a slot a parser needs."""
     fs, local = filesystem_for(path, config.data.s3)
     lines = Lines(local, fs, config.data.part_bytes)
     for chunk in lines:
@@ -183,7 +194,6 @@ def _inflate_task(path: str, config: Config):
     yield _StreamEnd(local, lines.cut, lines.cut_line, lines.cut_text)
 
 
-@ray.remote
 def _parse_chunk_task(info: _ChunkInfo, data: np.ndarray, stream: _Stream, first: bool, partitions: int,
                       config: Config):
     started, memory = time.time(), TaskMemory()
@@ -195,21 +205,49 @@ def _parse_chunk_task(info: _ChunkInfo, data: np.ndarray, stream: _Stream, first
                      log, stream.kind, table.num_rows, started, memory)
 
 
-def _submit_part(part: FilePart, kind: str, partitions: int, config: Config) -> PartResult:
-    refs = _read_part_task.options(num_returns=partitions + 1).remote(part, kind, partitions, config)
+def _submit_part(tasks, part: FilePart, kind: str, partitions: int, config: Config) -> PartResult:
+    refs = tasks.submit(_read_part_task, part, kind, partitions, config, num_returns=partitions + 1)
     return PartResult((part.file_index, part.number), refs[:-1], refs[-1])
 
 
-def _drive_streams(streams: list[_Stream], partitions: int, config: Config, cpus: int,
+def _submit_parse(tasks, info: _ChunkInfo, data: np.ndarray, stream: _Stream, number: int, partitions: int,
+                  config: Config) -> PartResult:
+    parse = tasks.submit(_parse_chunk_task, info, data, stream, number == 0, partitions, config,
+                         num_returns=partitions + 1)
+    return PartResult((stream.file_index, number), parse[:-1], parse[-1])
+
+
+def _drive_streams_in_process(tasks, streams: list[_Stream], partitions: int, config: Config,
+                              progress: Progress) -> list[PartResult]:
+    """Inflate each stream here, a chunk at a time, and parse every chunk on the pool while it
+    inflates the next (at most 2 x cpus chunks waiting)."""
+    results: list[PartResult] = []
+    for done, stream in enumerate(streams):
+        number, generator = 0, _inflate_task(stream.path, config)
+        for info in generator:
+            if isinstance(info, _StreamEnd):
+                results += [_cut_record(tasks, stream, info, number)] if info.cut else []
+                break
+            while len(parsing := [r.summary for r in results if not tasks.done(r.summary)]) >= 2 * tasks.cpus():
+                tasks.wait(parsing, 1, progress.every_s / 3)
+            results.append(_submit_parse(tasks, info, next(generator), stream, number, partitions, config))
+            number += 1
+        progress.running("inflating large gzip files", done + 1, len(streams))
+    return results
+
+
+def _drive_streams(tasks, streams: list[_Stream], partitions: int, config: Config,
                    progress: Progress) -> list[PartResult]:
-    """Start at most `cpus` inflaters at a time; give every chunk they yield to a parse task
-    while fewer than 2 x cpus parse tasks are running."""
+    """Ray: start at most `cpus` inflaters at a time; give every chunk they yield to a parse
+    task while fewer than 2 x cpus parse tasks are running."""
+    ray, cpus = tasks.ray, tasks.cpus()
     waiting, active, results = list(streams), {}, []
     running: list = []
+    inflate = ray.remote(num_cpus=0)(_inflate_task) if streams else None
     while waiting or active:
         while waiting and len(active) < cpus:
             stream = waiting.pop(0)
-            generator = _inflate_task.options(_generator_backpressure_num_objects=2 * CHUNKS_AHEAD).remote(
+            generator = inflate.options(_generator_backpressure_num_objects=2 * CHUNKS_AHEAD).remote(
                 stream.path, config)
             active[generator] = [stream, 0]
         if running:
@@ -224,22 +262,20 @@ def _drive_streams(streams: list[_Stream], partitions: int, config: Config, cpus
             if isinstance(info, _StreamEnd):
                 del active[generator]
                 if info.cut:
-                    results.append(_cut_record(stream, info, number))
+                    results.append(_cut_record(tasks, stream, info, number))
                 continue
-            parse = _parse_chunk_task.options(num_returns=partitions + 1).remote(
-                info, next(generator), stream, number == 0, partitions, config)
-            results.append(PartResult((stream.file_index, number), parse[:-1], parse[-1]))
-            running.append(parse[-1])
+            results.append(_submit_parse(tasks, info, next(generator), stream, number, partitions, config))
+            running.append(results[-1].summary)
             active[generator][1] += 1
         progress.running("inflating large gzip files", len(streams) - len(waiting) - len(active), len(streams))
     return results
 
 
-def _cut_record(stream: _Stream, end: _StreamEnd, number: int) -> PartResult:
+def _cut_record(tasks, stream: _Stream, end: _StreamEnd, number: int) -> PartResult:
     """The record a cut or corrupt gzip stream ended in: one reject that says where."""
     log = RejectLog()
     reason, where = end.cut
     log.seen(end.local_path, 1)
     log.reject(end.local_path, end.cut_line, reason, end.cut_text, detail=where)
     summary = {"log": log, "rows": 0, "kind": stream.kind}
-    return PartResult((stream.file_index, number), [], ray.put(summary))
+    return PartResult((stream.file_index, number), [], tasks.put(summary))
