@@ -46,7 +46,7 @@ def _parser() -> argparse.ArgumentParser:
     generate.add_argument("--seed", type=int, default=None)
     generate.set_defaults(handler=_generate)
 
-    prepare = commands.add_parser("prepare", help="raw reviews -> prepared dataset (Ray tasks)")
+    prepare = commands.add_parser("prepare", help="raw reviews -> prepared dataset (Ray tasks, or threads for a local input that fits)")
     _config_arguments(prepare, required=False)
     prepare.set_defaults(handler=_prepare)
 

@@ -83,7 +83,8 @@ def test_task_memory_is_left_to_the_process_in_threads():
 def test_auto_fits_by_the_machines_memory():
     memory = executors.machine_memory()
     assert memory > 0
-    fitting = int(executors.IN_PROCESS_MEMORY_FRACTION * memory / executors.IN_PROCESS_BYTES_PER_REVIEW)
+    fitting = int((executors.IN_PROCESS_MEMORY_FRACTION * memory - executors.IN_PROCESS_BASE_BYTES)
+                  / executors.IN_PROCESS_BYTES_PER_REVIEW)
     assert executors.fits_in_process(fitting) and not executors.fits_in_process(fitting + 10_000)
 
 

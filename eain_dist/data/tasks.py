@@ -17,10 +17,12 @@ import threading
 import time
 from dataclasses import dataclass
 
-# Peak memory of an in-process prepare per input review (benchmarks/results/prepare.md: the
-# in-process runs' peak tree PSS / reviews), with headroom: auto stays in process while the
-# input needs at most IN_PROCESS_MEMORY_FRACTION of the machine's memory.
-IN_PROCESS_BYTES_PER_REVIEW = 600
+# Peak memory of an in-process prepare: about 1.5 GiB at 2M reviews and 3.1 GiB at 20M
+# (benchmarks/results/prepare.md, peak tree PSS), so a base plus about 90 bytes per review;
+# auto stays in process while base + 200 bytes per review (headroom for skewed data) needs at
+# most IN_PROCESS_MEMORY_FRACTION of the machine's memory (24 GiB: up to about 50M reviews).
+IN_PROCESS_BASE_BYTES = 3 << 29
+IN_PROCESS_BYTES_PER_REVIEW = 200
 IN_PROCESS_MEMORY_FRACTION = 0.5
 
 _thread = threading.local()  # in_process: True on the pool's threads
@@ -165,7 +167,8 @@ def machine_memory() -> int:
 
 
 def fits_in_process(estimated_reviews: int) -> bool:
-    return estimated_reviews * IN_PROCESS_BYTES_PER_REVIEW <= IN_PROCESS_MEMORY_FRACTION * machine_memory()
+    needed = IN_PROCESS_BASE_BYTES + estimated_reviews * IN_PROCESS_BYTES_PER_REVIEW
+    return needed <= IN_PROCESS_MEMORY_FRACTION * machine_memory()
 
 
 def choose(config, estimated_reviews: int):
