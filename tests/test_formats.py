@@ -312,19 +312,20 @@ def test_missing_fields_and_bad_timestamps_name_their_lines(tmp_path, chunk_byte
     assert log.total_rejects() == len(bad)
 
 
+@pytest.mark.parametrize("item_prefix", ["", "I"])  # all-digit item ids (as ISBN-like ASINs) or not
 @pytest.mark.parametrize("separator", [": ", ":"])
-def test_ids_that_are_not_json_strings_are_judged_as_by_the_record_path(tmp_path, separator):
+def test_ids_that_are_not_json_strings_are_judged_as_by_the_record_path(tmp_path, separator, item_prefix):
     """Lines polars parses without complaint (it writes any JSON value as text) still reject a
     list, object, boolean or float id as bad_field and read an integer id as its digits."""
     bad = {4: (review(user=["U"]), "bad_field:user_id"), 6: (review(user={"id": 1}), "bad_field:user_id"),
            8: (review(item=True), "bad_field:parent_asin"), 10: (review(item=1.5), "bad_field:parent_asin")}
-    records = [bad.get(line, (review(user=f"U{line}", item=f"{line}"), None))[0] for line in range(1, 13)]
-    records[1] = review(user=2, item="2")  # an integer id: its digits, as in the record path
+    records = [bad.get(line, (review(user=f"U{line}", item=f"{item_prefix}{line}"), None))[0] for line in range(1, 13)]
+    records[1] = review(user=2, item=f"{item_prefix}2")  # an integer id: its digits, as in the record path
     path = tmp_path / "r.jsonl"
     path.write_text("".join(json.dumps(r, separators=(",", separator)) + "\n" for r in records))
     table, log = read_all(str(path), "amazon2023")
     assert rejected_lines(log) == {line: reason for line, (_, reason) in bad.items()}
-    assert triples(table) == [(f"U{line}" if line != 2 else "2", f"{line}", 1_600_000_000)
+    assert triples(table) == [(f"U{line}" if line != 2 else "2", f"{item_prefix}{line}", 1_600_000_000)
                               for line in range(1, 13) if line not in bad]
     clean = tmp_path / "clean.jsonl"  # all ids strings: the polars path; the same rows either way
     clean.write_text("".join(json.dumps(review(user=f"U{i}", item=f"I{i % 7}", ms=1_600_000_000_000 + i),

@@ -14,6 +14,7 @@ the driver moves them down by the lines of the ranges before it (RejectLog.shift
 
 from __future__ import annotations
 
+import concurrent.futures as cf
 import time
 from dataclasses import dataclass
 from typing import Callable
@@ -30,6 +31,7 @@ from eain_dist.data.readers import (Chunk, RejectLog, checked_format, read_chunk
 from eain_dist.data.readers.lines import Lines
 from eain_dist.data.readers.parts import FilePart, layout, split
 
+PLAN_THREADS = 8  # files looked at at once while planning (mostly waiting for storage)
 CHUNKS_AHEAD = 2  # chunks an inflater may yield before its parsers take them (x2 objects each)
 
 
@@ -70,13 +72,17 @@ class InputPlan:
 
 
 def plan_inputs(files: list[str], meta_files: list[str], config: Config) -> InputPlan:
+    """Every file's parts, from its size and first bytes: looked at by several threads at once
+    (a request each on S3; a megabyte inflated each for gzip: 12 s for 400 files one by one)."""
+    jobs = [(path, index, kind) for kind, paths in (("reviews", files), ("meta", meta_files))
+            for index, path in enumerate(paths)]
+    with cf.ThreadPoolExecutor(PLAN_THREADS) as pool:
+        planned = list(pool.map(lambda job: _plan(*job, config), jobs))
     parts, streams, estimated = [], [], 0
-    for kind, paths in (("reviews", files), ("meta", meta_files)):
-        for index, path in enumerate(paths):
-            file_parts, stream, records = _plan(path, index, kind, config)
-            parts += file_parts
-            streams += stream
-            estimated += records if kind == "reviews" else 0
+    for (_, _, kind), (file_parts, stream, records) in zip(jobs, planned):
+        parts += file_parts
+        streams += stream
+        estimated += records if kind == "reviews" else 0
     return InputPlan(parts, streams, estimated, bool(meta_files))
 
 

@@ -118,6 +118,10 @@ class JsonSpec(Spec):
         raise NotImplementedError
 
 
+# What polars makes of a number, boolean, list or object where a string belongs.
+_NOT_TEXT_OF_A_STRING = r"^(?:[\[{]|true$|false$|-?[0-9]+(?:\.[0-9]*)?(?:[eE][-+]?[0-9]+)?$)"
+
+
 def _string_values(data: bytes, key: str) -> int:
     """How many times `key` is given a string value (`"key": "` or `"key":"`): once per record
     when every record has it as a string. A key inside a review's text is escaped (`\\"key\\"`),
@@ -146,15 +150,23 @@ class JsonInteractions(JsonSpec):
         refuses them, and the record-by-record path rejects all but integers). A duplicate key is
         the one case they differ on and neither rejects: polars keeps the first value, pyarrow and
         the record path the last."""
-        data = bytes(chunk.data)
         try:
-            frame = pl.read_ndjson(io.BytesIO(data), schema=self.polars_schema)
+            frame = pl.read_ndjson(io.BytesIO(chunk.data), schema=self.polars_schema)
         except pl.exceptions.PolarsError:
             return super().fast(chunk)
-        if not all(_string_values(data, key) == frame.height for key in (self.fields.user, self.fields.item)):
+        if not self._ids_were_strings(frame, chunk):
             return super().fast(chunk)
         table = frame.to_arrow().cast(self.arrow_schema)
         return self.checked(table, chunk.offset)
+
+    def _ids_were_strings(self, frame: pl.DataFrame, chunk: Chunk) -> bool:
+        """True when every id was a JSON string: no id looks like polars' text of another value,
+        or, where some do (all-digit ASINs, say), the text gives each record its ids as strings."""
+        keys = (self.fields.user, self.fields.item)
+        if not frame.select(pl.any_horizontal(pl.col(k).str.contains(_NOT_TEXT_OF_A_STRING) for k in keys).any()).item():
+            return True
+        data = bytes(chunk.data)
+        return all(_string_values(data, key) == frame.height for key in keys)
 
     def checked(self, table: pa.Table, offset: int) -> tuple[pa.Table, list[tuple[int, str]]]:
         f = self.fields

@@ -12,7 +12,7 @@ import zlib
 from dataclasses import dataclass
 
 from eain_dist.data.readers.json_records import opens_pretty_printed
-from eain_dist.data.readers.lines import GZIP_MAGIC, head
+from eain_dist.data.readers.lines import GZIP_MAGIC, UTF8_BOM, head
 
 _ESTIMATE_BYTES = 1 << 20  # raw bytes read to estimate a file's records
 
@@ -37,26 +37,33 @@ class FileLayout:
 
 
 def layout(path: str, fs, fmt: str) -> FileLayout:
-    """What splitting needs to know of a file, from its first bytes."""
+    """What splitting needs to know of a file, from its first bytes (inflated once: planning
+    hundreds of gzip files inflates a megabyte of each)."""
     size = int(fs.size(path) or 0)
     with fs.open(path, "rb") as file:
         raw = file.read(_ESTIMATE_BYTES)
     gzip = raw[:2] == GZIP_MAGIC
-    pretty = fmt.startswith("amazon") and opens_pretty_printed(head(path, fs)[0])
-    return FileLayout(size, gzip, pretty, *_estimates(raw, size, gzip))
+    text = _inflated(raw) if gzip else raw
+    pretty = fmt.startswith("amazon") and opens_pretty_printed(
+        text.removeprefix(UTF8_BOM) if text is not None else head(path, fs)[0])
+    return FileLayout(size, gzip, pretty, *_estimates(raw, text, size))
 
 
-def _estimates(raw: bytes, size: int, gzip: bool) -> tuple[int, int]:
+def _inflated(raw: bytes) -> bytes | None:
+    """The text of a gzip file's first bytes; None where zlib refuses them (the readers say why)."""
+    try:
+        return zlib.decompressobj(wbits=31).decompress(raw)
+    except zlib.error:
+        return None
+
+
+def _estimates(raw: bytes, text: bytes | None, size: int) -> tuple[int, int]:
     """(records, uncompressed bytes): the file's first megabyte's lines and bytes per raw byte,
     times its size (for sizing partitions and choosing how to read it)."""
     if not raw:
         return 0, 0
-    text = raw
-    if gzip:
-        try:
-            text = zlib.decompressobj(wbits=31).decompress(raw)
-        except zlib.error:
-            return 0, size
+    if text is None:
+        return 0, size
     return int(size * max(text.count(b"\n"), 1) / len(raw)), int(size * len(text) / len(raw))
 
 
