@@ -155,9 +155,9 @@ def verdicts(runs: list[dict]) -> list[str]:
                      + (f"; median of {repeats} alternating runs each" if repeats > 1 else "") + "): "
                      + ("**met**" if ratio >= 1 else "**missed**"))
     for (tool, reviews), r in by.items():
-        if tool == "eain" and reviews >= 50_000_000 and polars2:
+        if tool in ("eain", "eain-ray", "eain-threads") and reviews >= 50_000_000 and polars2:
             rate = r["reviews_per_s"] or 0
-            lines.append(f"{reviews / 1e6:.0f}M reviews: peak tree PSS {r['peak_tree_pss_mib']:,} MiB "
+            lines.append(f"{reviews / 1e6:.0f}M reviews, {_label(r)}: peak tree PSS {r['peak_tree_pss_mib']:,} MiB "
                          f"({'**met**' if r['ok'] and r['peak_tree_pss_mib'] <= TARGET_PSS_MIB else '**missed**'}, "
                          f"target <= {TARGET_PSS_MIB:,}); {rate:,} reviews/s = {rate / polars2['reviews_per_s']:.2f} x "
                          f"polars' 2M rate ({'**met**' if rate >= 0.7 * polars2['reviews_per_s'] else '**missed**'}, "
@@ -218,9 +218,10 @@ def to_markdown(report: dict) -> str:
             lines += ["", f"Stages (s), {r['tool']} {r['reviews']:,}: {stages}.{extra}"]
             if "read" in r:
                 lines[-1] += (f" Read by {r['read']['tasks']} tasks, at most {r['read']['most_tasks_on_one_file_at_once']}"
-                              f" on one file at once; {r['progress_lines']} progress lines. Largest task peak RSS "
-                              "(MiB) per stage: " + ", ".join(f"{k} {v:,}" for k, v in r["task_peak_rss_mib"].items())
-                              + ".")
+                              f" on one file at once; {r['progress_lines']} progress lines.")
+                if r["task_peak_rss_mib"]:  # Ray tasks only: threads share the process
+                    lines[-1] += (" Largest task peak RSS (MiB) per stage: "
+                                  + ", ".join(f"{k} {v:,}" for k, v in r["task_peak_rss_mib"].items()) + ".")
     for r in runs:
         if "checks" in r:
             lines += ["", f"Checks, {r['tool']} {r['reviews']:,}: `{json.dumps(r['checks'])}`"]

@@ -17,13 +17,13 @@ import threading
 import time
 from dataclasses import dataclass
 
-# Peak memory of an in-process prepare: about 1.5 GiB at 2M reviews and 3.1 GiB at 20M
-# (benchmarks/results/prepare.md, peak tree PSS), so a base plus about 90 bytes per review;
-# auto stays in process while base + 200 bytes per review (headroom for skewed data) needs at
-# most IN_PROCESS_MEMORY_FRACTION of the machine's memory (24 GiB: up to about 50M reviews).
+# Peak memory of an in-process prepare (benchmarks/results/prepare*.md, peak tree PSS): 1.7 GiB
+# at 2M reviews, 3.3 GiB at 20M, 10.5 GiB at 100M: a base plus about 97 bytes per review. auto
+# stays in process while base + 120 bytes per review (25% headroom) needs at most
+# IN_PROCESS_MEMORY_FRACTION of the machine's memory (24 GiB: up to about 110M reviews).
 IN_PROCESS_BASE_BYTES = 3 << 29
-IN_PROCESS_BYTES_PER_REVIEW = 200
-IN_PROCESS_MEMORY_FRACTION = 0.5
+IN_PROCESS_BYTES_PER_REVIEW = 120
+IN_PROCESS_MEMORY_FRACTION = 0.6
 
 _thread = threading.local()  # in_process: True on the pool's threads
 
