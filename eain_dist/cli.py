@@ -293,12 +293,14 @@ def _preparation_settings(config: dict) -> tuple:
 
 def _run(args) -> int:
     """The main job. Without --config: a synthetic dataset in the cache, prepared and trained locally."""
+    from eain_dist.runtime import init_ray
     from eain_dist.train.trainer import evaluate_run, results_table, train
 
     config = load_config(args.config, args.set)
     if not config.data.source:
         config = _with_synthetic_source(config)
-    _prepare_and_report(config)
+    _prepare_and_report(config)  # in process when the input fits: Ray starts after, for training
+    init_ray(config.ray)
     result = train(config)
     print(f"\nrun directory: {result.run_dir}\n{results_table(result.metrics)}")
     test = evaluate_run(str(result.run_dir), "test")

@@ -112,6 +112,26 @@ def test_malformed_records_within_the_limit_are_counted_not_lost(tmp_path, capsy
 
 
 @pytest.mark.slow
+def test_eain_run_from_a_fresh_process_prepares_in_process_then_starts_ray(tmp_path):
+    """The README's main job as a user runs it: no Ray before it; prepare runs in process, then
+    `eain run` starts Ray itself for training and evaluation."""
+    import os
+    import subprocess
+    import sys
+
+    env = {**os.environ, "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0"}
+    env.pop("RAY_ADDRESS", None)
+    small = ["--set", "generate.reviews=3000", "--set", "generate.users=300", "--set", "generate.items=200",
+             "--set", "train.epochs=1", "--set", "wandb.mode=disabled", "--set", "ray.num_cpus=2"]
+    done = subprocess.run([sys.executable, "-m", "eain_dist.cli", "run", *small], cwd=tmp_path, env=env,
+                          capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert "(in process)" in done.stdout
+    metrics = json.loads((tmp_path / "runs/default/metrics.json").read_text())
+    assert f"AUC {metrics['test']['auc']:.4f}" in done.stdout
+
+
+@pytest.mark.slow
 def test_eain_run_main_job(tmp_path, capsys, monkeypatch, ray_local):
     monkeypatch.chdir(tmp_path)
     small = ["--set", "generate.reviews=6000", "--set", "generate.users=500", "--set", "generate.items=300",
