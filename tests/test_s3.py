@@ -59,9 +59,10 @@ def _wait_until_up(endpoint: str, server: subprocess.Popen) -> None:
     raise RuntimeError("moto_server did not start within 60 s")
 
 
-def _config(source, meta, output, endpoint=None):
+def _config(source, meta, output, endpoint=None, executor="auto"):
     overrides = [f"data.source={source}", f"data.meta={meta}", f"data.output={output}",
-                 "data.format=amazon2023", "data.max_history=10", "data.num_partitions=2"]
+                 "data.format=amazon2023", "data.max_history=10", "data.num_partitions=2",
+                 f"data.executor={executor}"]
     if endpoint:
         overrides.append(f"data.s3.endpoint_url={endpoint}")
     return load_config(overrides=overrides)
@@ -71,26 +72,31 @@ def _rows(table):
     return sorted(json.dumps(row, sort_keys=True) for row in table.to_pylist())
 
 
-def test_prepare_reads_and_writes_s3(tmp_path, s3_endpoint, ray_local):
+@pytest.mark.parametrize("executor", ["ray", "threads"])
+def test_prepare_reads_and_writes_s3(tmp_path, s3_endpoint, ray_local, executor):
+    """s3:// in and out on Ray tasks and on threads in process (what a laptop run of auto does)."""
     import s3fs
 
     generate(str(tmp_path / "raw"), users=300, items=200, reviews=4000, categories=6, seed=1, files=2)
     fs = s3fs.S3FileSystem(endpoint_url=s3_endpoint)
-    fs.mkdir(BUCKET)
-    fs.put(str(tmp_path / "raw") + "/", f"{BUCKET}/raw/", recursive=True)
+    if not fs.exists(BUCKET):
+        fs.mkdir(BUCKET)
+    root = f"{BUCKET}/{executor}"
+    fs.put(str(tmp_path / "raw") + "/", f"{root}/raw/", recursive=True)
 
-    remote = _config(f"s3://{BUCKET}/raw/reviews/", f"s3://{BUCKET}/raw/meta/", f"s3://{BUCKET}/prepared",
-                     s3_endpoint)
+    remote = _config(f"s3://{root}/raw/reviews/", f"s3://{root}/raw/meta/", f"s3://{root}/prepared",
+                     s3_endpoint, executor)
     local = _config(tmp_path / "raw" / "reviews", tmp_path / "raw" / "meta", tmp_path / "prepared")
     remote_result = prepare(remote, log=lambda message: None)
     prepare(local, log=lambda message: None)
 
-    meta = json.loads(fs.cat(f"{BUCKET}/prepared/meta.json"))
+    meta = json.loads(fs.cat(f"{root}/prepared/meta.json"))
+    assert meta["executor"] == executor
     assert meta["sources"]["reviews"][0].startswith("s3://")
     assert meta["counts"]["read"]["records"] == 4000
     assert meta["splits"] == remote_result.meta["splits"]
     for split in ("train", "valid", "test"):
-        remote_table = pq.read_table(f"{BUCKET}/prepared/{split}", filesystem=fs)
+        remote_table = pq.read_table(f"{root}/prepared/{split}", filesystem=fs)
         local_table = pq.read_table(tmp_path / "prepared" / split)
         assert _rows(remote_table) == _rows(local_table)
 
