@@ -1,4 +1,4 @@
-"""`eain prepare`: raw Amazon reviews to the prepared dataset of DESIGN.md, on Ray.
+"""`eain prepare`: raw Amazon reviews to the prepared dataset of DESIGN.md, on Ray tasks or threads.
 
 The stages (`stages.py`: plain functions on Arrow tables) run as tasks (`tasks.py`: Ray tasks, or
 a thread pool in this process for an input that fits this machine: no Ray start, no copies), and
@@ -129,11 +129,10 @@ def _partitions(rows: int, config: Config, cpus: int) -> int:
     return max(2 * cpus, math.ceil(rows / config.data.rows_per_partition))
 
 
-def _memory(tasks, rows: int, bytes_per_row: int, extra: int = 0) -> int | None:
-    """A Ray task's memory request, at most 80% of the largest node's (so that it stays
-    schedulable): a node then runs only as many heavy tasks at once as its memory holds."""
-    if tasks.in_process:
-        return None
+def _memory(tasks, rows: int, bytes_per_row: int, extra: int = 0) -> int:
+    """A task's memory request, at most 80% of the largest node's (so that it stays schedulable):
+    a Ray node then runs only as many heavy tasks at once as its memory holds (threads in
+    process ignore it)."""
     largest = tasks.largest_node_memory()
     wanted = rows * bytes_per_row + extra
     return int(min(wanted, 0.8 * largest)) if largest else wanted

@@ -51,11 +51,9 @@ class RayTasks:
     def largest_node_memory(self) -> int:
         return max((node["Resources"].get("memory", 0) for node in self.ray.nodes() if node["Alive"]), default=0)
 
-    def submit(self, fn, *args, num_returns: int = 1, memory: int | None = None, num_cpus: float | None = None):
+    def submit(self, fn, *args, num_returns: int = 1, memory: int | None = None):
         """One reference, or a list of `num_returns` references (fn returns that many values)."""
-        options = {"num_returns": num_returns}
-        options.update({"memory": memory} if memory else {})
-        options.update({"num_cpus": num_cpus} if num_cpus is not None else {})
+        options = {"num_returns": num_returns, **({"memory": memory} if memory else {})}
         return self._remote(fn).options(**options).remote(*args)
 
     def _remote(self, fn):
@@ -113,9 +111,9 @@ class ThreadTasks:
         return self._cpus
 
     def largest_node_memory(self) -> int:
-        return 0  # no memory requests in process
+        return 0  # no nodes: a memory request is taken and ignored
 
-    def submit(self, fn, *args, num_returns: int = 1, memory: int | None = None, num_cpus: float | None = None):
+    def submit(self, fn, *args, num_returns: int = 1, memory: int | None = None):
         future = self.pool.submit(_call, fn, args)
         return future if num_returns == 1 else [_Part(future, i) for i in range(num_returns)]
 

@@ -8,13 +8,12 @@ decoded value, or the text (str) of one that did not decode.
 from __future__ import annotations
 
 import ast
+import io
 import itertools
 import json
 import re
 from dataclasses import dataclass
 from typing import Any, Iterable, Iterator
-
-import io
 
 import polars as pl
 import pyarrow as pa
